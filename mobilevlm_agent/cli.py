@@ -1,0 +1,170 @@
+"""The `mobilevlm-agent` command line: one typed function per subcommand, help from their docstrings."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from mobilevlm_agent.errors import MobileVLMError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    return DTYPES[name] if name else None
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Ask a question about an image and stream the answer to stdout.
+
+    Greedy with --temperature 0 (the default). --json prints one object instead:
+    {"text", "token_ids", "prompt_tokens", "visual_tokens", "finish_reason", "timings"}.
+    """
+    from mobilevlm_agent.chat import ChatSession
+    from mobilevlm_agent.generate import SamplingParams
+    from mobilevlm_agent.model.vlm import MobileVLM
+
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )
+    model = MobileVLM.from_pretrained(args.model, dtype=_dtype(args.dtype), device=args.device)
+    chat = ChatSession(model, template=args.template)
+    if args.json:
+        answer = chat.ask(args.prompt, image=args.image, params=params)
+        print(json.dumps({k: getattr(answer, k) for k in ("text", "token_ids", "prompt_tokens", "visual_tokens", "finish_reason", "timings")}))
+        return 0
+    answer = chat.ask(args.prompt, image=args.image, params=params, on_text=lambda t: print(t, end="", flush=True))
+    print()
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print a model's architecture, parameter counts per part and visual-token count.
+
+    TARGET is a checkpoint directory or the name of a config in models/ (see --list).
+    """
+    from mobilevlm_agent.model.config import MobileVLMConfig, available_configs
+    from mobilevlm_agent.model.vlm import MobileVLM
+
+    if args.list or args.target is None:
+        print("\n".join(available_configs()))
+        return 0
+    if Path(args.target).is_dir():
+        model = MobileVLM.from_pretrained(args.target, dtype=torch.bfloat16, device="cpu")
+    else:
+        with torch.device("meta"):
+            model = MobileVLM(MobileVLMConfig.from_name(args.target))
+    info = describe(model)
+    print(json.dumps(info, indent=None if args.json else 2))
+    return 0
+
+
+def describe(model) -> dict:
+    cfg = model.config
+
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+    info = {
+        "name": cfg.name,
+        "llm": {"layers": cfg.llm.num_hidden_layers, "hidden": cfg.llm.hidden_size, "heads": cfg.llm.num_attention_heads,
+                "kv_heads": cfg.llm.num_key_value_heads, "head_dim": cfg.llm.head_dim, "ffn": cfg.llm.intermediate_size,
+                "vocab": cfg.llm.vocab_size, "context": cfg.llm.max_position_embeddings},
+        "params": {"vision": count(model.vision), "projector": count(model.projector), "llm": count(model.llm), "total": count(model)},
+        "visual_tokens": cfg.num_visual_tokens,
+    }
+    if cfg.vision is not None:
+        v = cfg.vision
+        info["vision"] = {"image_size": v.image_size, "patch": v.patch_size, "width": v.hidden_size, "layers_in_checkpoint": v.num_hidden_layers,
+                          "layers_run": cfg.vision_layers_used, "heads": v.num_attention_heads}
+        info["projector"] = cfg.projector_type
+    if model.tokenizer is not None:
+        info["tokenizer_vocab"] = model.tokenizer.vocab_size
+    return info
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Load a checkpoint directory (official .bin, sharded, or safetensors) and write a clean safetensors one.
+
+    The output has official key names, only the vision layers that are run, and the tokenizer.
+    """
+    from mobilevlm_agent.model.vlm import MobileVLM
+
+    model = MobileVLM.from_pretrained(args.src, dtype=_dtype(args.dtype), device="cpu")
+    model.save_pretrained(args.dst)
+    print(f"wrote {args.dst} ({model.dtype}, {sum(p.numel() for p in model.parameters()):,} parameters)")
+    return 0
+
+
+def cmd_init_random(args: argparse.Namespace) -> int:
+    """Write a random-weight checkpoint of a named config (gibberish answers; for tests and benchmarks)."""
+    from mobilevlm_agent.model.random_init import random_checkpoint
+
+    out = random_checkpoint(args.config, args.out, seed=args.seed, tokenizer=args.tokenizer, dtype=_dtype(args.dtype))
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mobilevlm-agent", description="On-board MobileVLM for robots: ask, inspect and convert models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn) -> argparse.ArgumentParser:
+        doc = (fn.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("ask", cmd_ask)
+    p.add_argument("--model", required=True, help="checkpoint directory (config.json, weights, tokenizer.model)")
+    p.add_argument("--image", help="image file (any format OpenCV or PIL reads); omit for text-only chat")
+    p.add_argument("--prompt", required=True, help="the question")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="HF-style penalty on seen tokens (1 = off)")
+    p.add_argument("--seed", type=int, help="sampling seed, for reproducible sampled answers")
+    p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--template", help="conversation template: v1 (default for chat) or plain")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+
+    p = add("info", cmd_info)
+    p.add_argument("target", nargs="?", help="checkpoint directory or config name")
+    p.add_argument("--list", action="store_true", help="list the named configs")
+    p.add_argument("--json", action="store_true", help="one-line JSON")
+
+    p = add("convert", cmd_convert)
+    p.add_argument("src", help="source checkpoint directory")
+    p.add_argument("dst", help="output directory (replaced atomically)")
+    p.add_argument("--dtype", choices=DTYPES, default="bf16", help="dtype of the written weights (default bf16)")
+
+    p = add("init-random", cmd_init_random)
+    p.add_argument("config", help="config name from models/ (e.g. tiny-vlm) or a YAML path")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tokenizer", help="tokenizer.model to ship (default: train a small one offline)")
+    p.add_argument("--dtype", choices=DTYPES, help="dtype of the written weights (default fp32)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except MobileVLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
