@@ -158,6 +158,9 @@ class ChatSession:
         return keys
 
     def _reusable_prefix(self, keys: list[Hashable]) -> int:
+        if self.model.llm.cache_owner is not self:  # another session (or a clear) has overwritten the cache
+            self._cached = []
+        self.model.llm.cache_owner = self
         n = 0
         for cached, key in zip(self._cached, keys):
             if cached != key:

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mobilevlm_agent.errors import CheckpointError
+from mobilevlm_agent.errors import CheckpointError, ConfigError
 from mobilevlm_agent.model.config import LlamaConfig, MobileVLMConfig, VisionConfig
 from mobilevlm_agent.model.vlm import MobileVLM
 from mobilevlm_agent.tokenizer import Tokenizer
@@ -245,7 +245,10 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
     state = read_state_dict(directory)
     if "llm.lm_head.weight" not in state and hf.get("tie_word_embeddings") and "llm.embed_tokens.weight" in state:
         state["llm.lm_head.weight"] = state["llm.embed_tokens.weight"]
-    config = config_from_hf(hf, state, name=directory.name)
+    try:
+        config = config_from_hf(hf, state, name=directory.name)
+    except ConfigError as e:
+        raise CheckpointError(f"{config_path}: {e}") from e
     device = resolve_device(device)
     dtype = dtype or default_dtype(device)
     with torch.device("meta"):

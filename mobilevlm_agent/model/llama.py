@@ -134,22 +134,32 @@ class MobileLLaMA(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        # Whoever last wrote the cache (e.g. a ChatSession); a session only reuses cached positions it wrote itself.
+        self.cache_owner: object | None = None
 
     # -- KV cache ----------------------------------------------------------------------------------------------------
     def setup_cache(self, batch: int, max_seq: int) -> None:
-        """Allocate the KV cache once; later calls with a size that already fits reuse it."""
-        cache = self.layers[0].self_attn.kv_cache
-        if cache is not None and cache.k.shape[0] >= batch and cache.max_seq >= max_seq:
+        """Allocate the KV cache once. A size that fits reuses it; a longer one grows it, keeping its contents."""
+        old = self.layers[0].self_attn.kv_cache
+        if old is not None and old.k.shape[0] >= batch and old.max_seq >= max_seq:
             return
+        if old is not None:
+            max_seq = max(max_seq, 2 * old.max_seq)  # grow geometrically: few copies over a long chat
         max_seq = (max_seq + 63) // 64 * 64
         p = self.embed_tokens.weight
         for layer in self.layers:
             a = layer.self_attn
-            a.kv_cache = KVCache(batch, a.n_kv, max_seq, a.head_dim, p.dtype, p.device)
+            new = KVCache(batch, a.n_kv, max_seq, a.head_dim, p.dtype, p.device)
+            if a.kv_cache is not None:
+                keep_b, keep_s = min(batch, a.kv_cache.k.shape[0]), a.kv_cache.max_seq
+                new.k[:keep_b, :, :keep_s] = a.kv_cache.k[:keep_b]
+                new.v[:keep_b, :, :keep_s] = a.kv_cache.v[:keep_b]
+            a.kv_cache = new
 
     def clear_cache(self) -> None:
         for layer in self.layers:
             layer.self_attn.kv_cache = None
+        self.cache_owner = None
 
     @property
     def cache_capacity(self) -> int:
