@@ -32,8 +32,10 @@ setup(
     ],
     extras_require={
         # transformers is only a parity reference in tests, never imported by the library
-        "test": ["pytest", "pytest-xdist", "hypothesis", "transformers"],
+        "train": ["matplotlib"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "transformers", "matplotlib"],
     },
     entry_points={"console_scripts": ["mobilevlm-agent = mobilevlm_agent.cli:main"]},
-    zip_safe=True,
+    package_data={"mobilevlm_agent.train": ["recipes/*.yaml"]},
+    zip_safe=False,
 )

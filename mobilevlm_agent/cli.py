@@ -113,6 +113,38 @@ def cmd_init_random(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_tokenize(args: argparse.Namespace) -> int:
+    """Tokenize raw text (.txt: a document per line; .jsonl: a `text` field; .gz accepted) into bucket files.
+
+    Streams the corpus; bad lines are counted in the manifest, not fatal.
+    """
+    from mobilevlm_agent.train.tokenize_data import tokenize_corpus
+
+    manifest = tokenize_corpus(args.inputs, args.tokenizer, args.out, workers=args.workers)
+    print(json.dumps({k: manifest[k] for k in ("documents", "tokens", "bad_lines", "blank_lines", "buckets", "dtype")}))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one stage of the recipe in this process (use `torchrun -m mobilevlm_agent.train` for many).
+
+    RECIPE is a YAML file or a shipped recipe name: stage0-pretrain-1.4b, stage1-sft-1.4b,
+    stage2a-projector-1.7b, stage2b-finetune-1.7b, ..., and tiny-* ones for tests.
+    """
+    from mobilevlm_agent.train.loop import main as train_main
+
+    argv = [args.recipe, "--out", args.out] + (["--resume"] if args.resume else []) + [f"--set={s}" for s in args.overrides]
+    return train_main(argv)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Plot RUN_DIR/metrics.jsonl (loss and learning rate per step) to a PNG."""
+    from mobilevlm_agent.train.plot import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilevlm-agent", description="On-board MobileVLM for robots: ask, inspect and convert models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -154,6 +186,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tokenizer", help="tokenizer.model to ship (default: train a small one offline)")
     p.add_argument("--dtype", choices=DTYPES, help="dtype of the written weights (default fp32)")
+
+    data = sub.add_parser("data", help="Prepare training data.", description="Prepare training data.")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    doc = (cmd_data_tokenize.__doc__ or "").strip()
+    p = data_sub.add_parser("tokenize", help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(fn=cmd_data_tokenize)
+    p.add_argument("inputs", nargs="+", help="corpus files")
+    p.add_argument("--tokenizer", required=True, help="tokenizer.model")
+    p.add_argument("--out", required=True, help="output directory for buckets, index and manifest")
+    p.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
+
+    p = add("train", cmd_train)
+    p.add_argument("recipe", help="recipe YAML or shipped recipe name")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field (repeatable)")
+
+    p = add("plot", cmd_plot)
+    p.add_argument("run_dir", help="a training run directory")
+    p.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
     return parser
 
 

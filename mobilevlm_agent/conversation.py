@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mobilevlm_agent.errors import ConfigError
-from mobilevlm_agent.tokenizer import IMAGE_TOKEN
+from mobilevlm_agent.tokenizer import IGNORE_INDEX, IMAGE_TOKEN, Tokenizer
 
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -63,3 +63,23 @@ class Conversation:
 
     def copy(self) -> "Conversation":
         return Conversation(self.template, list(self.messages))
+
+
+def tokenize_conversation(tokenizer: Tokenizer, template: Template, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """(user, assistant) turns -> (ids, labels) with labels IGNORE_INDEX everywhere but the assistant's replies.
+
+    Prompt parts are tokenized exactly as `Conversation.prompt()` is at inference (BOS once, `<image>` chunks);
+    each reply is tokenized on its own and ends with the template's closing separator (`</s>` for v1).
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    prefix = template.system + template.seps[0] if template.system else ""
+    user_role, bot_role = template.roles
+    for i, (user, reply) in enumerate(turns):
+        text = f"{prefix}{user_role}{template.role_sep}{user}{template.seps[0]}{bot_role}{template.role_sep.rstrip()}"
+        prompt = tokenizer.encode_with_image(text, bos=i == 0)
+        answer = tokenizer.encode(reply + template.seps[1], bos=False)
+        ids += prompt + answer
+        labels += [IGNORE_INDEX] * len(prompt) + answer
+        prefix = ""
+    return ids, labels

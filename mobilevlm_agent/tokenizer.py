@@ -54,13 +54,13 @@ class Tokenizer:
         n = self.vocab_size
         return self.sp.DecodeIds([i if i < n else 0 for i in ids if i >= 0 and i not in (self.bos_id, self.eos_id)])
 
-    def encode_with_image(self, prompt: str) -> list[int]:
+    def encode_with_image(self, prompt: str, bos: bool = True) -> list[int]:
         """Chunks around `<image>` are tokenized separately; BOS only on the first; IMAGE_TOKEN_INDEX between."""
         ids: list[int] = []
         for i, chunk in enumerate(prompt.split(IMAGE_TOKEN)):
             if i > 0:
                 ids.append(IMAGE_TOKEN_INDEX)
-            ids.extend(self.encode(chunk, bos=i == 0))
+            ids.extend(self.encode(chunk, bos=bos and i == 0))
         return ids
 
 

@@ -261,14 +261,18 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
 
 
 # -- saving --------------------------------------------------------------------------------------------------------
-def save_pretrained(model: MobileVLM, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-    """Write config.json, model.safetensors (official key names) and tokenizer.model; atomic per directory."""
+def save_pretrained(model: MobileVLM, path: str | os.PathLike, dtype: torch.dtype | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write config.json, model.safetensors (official key names) and tokenizer.model; atomic per directory.
+
+    `state` replaces model.state_dict() (e.g. one gathered from FSDP shards).
+    """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     dtype = dtype or model.dtype
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        weights = {to_official(k): v.detach().to(dtype=dtype, device="cpu").contiguous() for k, v in model.state_dict().items()}
+        state = model.state_dict() if state is None else state
+        weights = {to_official(k): v.detach().to(dtype=dtype, device="cpu").contiguous() for k, v in state.items()}
         save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config_to_hf(model.config, dtype), indent=2) + "\n")
         if model.tokenizer is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mobilevlm_agent.model.config import LlamaConfig
 
@@ -136,6 +137,7 @@ class MobileLLaMA(nn.Module):
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
         # Whoever last wrote the cache (e.g. a ChatSession); a session only reuses cached positions it wrote itself.
         self.cache_owner: object | None = None
+        self.grad_checkpointing = False  # recompute each layer in backward instead of storing its activations
 
     # -- KV cache ----------------------------------------------------------------------------------------------------
     def setup_cache(self, batch: int, max_seq: int) -> None:
@@ -184,7 +186,10 @@ class MobileLLaMA(nn.Module):
             raise RuntimeError("start > 0 needs a KV cache holding the earlier positions; call setup_cache first")
         cos, sin = self.rope(start, x.shape[1], x)
         for layer in self.layers:
-            x = layer(x, cos, sin, start)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, start, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, start)
         x = self.norm(x[:, -1:] if last_only else x)
         return self.lm_head(x)
 

@@ -12,7 +12,7 @@ from mobilevlm_agent.model.config import MobileVLMConfig
 from mobilevlm_agent.model.llama import MobileLLaMA
 from mobilevlm_agent.model.projector import build_projector
 from mobilevlm_agent.model.vision import CLIPVisionTower
-from mobilevlm_agent.tokenizer import IMAGE_TOKEN_INDEX
+from mobilevlm_agent.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 if TYPE_CHECKING:
     from mobilevlm_agent.tokenizer import Tokenizer
@@ -79,3 +79,26 @@ class MobileVLM(nn.Module):
                 run = []
             pieces.append(next(image_iter, None))
         return torch.cat([p for p in pieces if p is not None])[None]
+
+    def training_batch(self, ids: list[list[int]], labels: list[list[int]], pixels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded input embeddings [B, L, H] and labels [B, L]: image positions and padding get -100.
+
+        `pixels` holds one image per placeholder, in batch order.
+        """
+        features = self.encode_images(pixels) if pixels is not None else None
+        embeds, targets, used = [], [], 0
+        for sample_ids, sample_labels in zip(ids, labels):
+            n = sample_ids.count(IMAGE_TOKEN_INDEX)
+            embeds.append(self.embed(sample_ids, features[used : used + n] if n else None)[0])
+            used += n
+            expanded: list[int] = []
+            for token, label in zip(sample_ids, sample_labels):
+                expanded += [IGNORE_INDEX] * self.config.num_visual_tokens if token == IMAGE_TOKEN_INDEX else [label]
+            targets.append(torch.tensor(expanded, device=self.device))
+        length = max(e.shape[0] for e in embeds)
+        batch = torch.zeros(len(embeds), length, embeds[0].shape[-1], device=self.device, dtype=embeds[0].dtype)
+        label_batch = torch.full((len(embeds), length), IGNORE_INDEX, device=self.device, dtype=torch.long)
+        for i, (e, t) in enumerate(zip(embeds, targets)):
+            batch[i, : e.shape[0]] = e
+            label_batch[i, : t.shape[0]] = t
+        return batch, label_batch

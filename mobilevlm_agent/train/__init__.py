@@ -1,0 +1,1 @@
+"""The three-stage MobileVLM training recipe: data preparation, one loop for every stage, torchrun-ready."""

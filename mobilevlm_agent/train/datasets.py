@@ -1,0 +1,187 @@
+"""Training data: packed token windows (stage 0), ShareGPT dialogues (stage 1), LLaVA image dialogues (stage 2).
+
+Sample order is a pure function of (seed, sample counter), so the sampler's state is one integer and a resumed
+run sees exactly the samples an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mobilevlm_agent.conversation import get_template, tokenize_conversation
+from mobilevlm_agent.errors import InputError
+from mobilevlm_agent.preprocess import load_image, preprocess
+from mobilevlm_agent.tokenizer import IGNORE_INDEX, IMAGE_TOKEN, IMAGE_TOKEN_INDEX, Tokenizer
+
+
+class PackedDataset(Dataset):
+    """Memory-mapped token buckets as one stream (EOS after every document) cut into seq_len windows.
+
+    Windows partition the stream: every token is in exactly one window; the last one is padded with -100 labels.
+    """
+
+    def __init__(self, directory: str | Path, seq_len: int, pad_id: int = 0) -> None:
+        d = Path(directory)
+        manifest_path = d / "manifest.json"
+        if not manifest_path.is_file():
+            raise InputError(f"{d} is not a tokenized corpus (no manifest.json); run `mobilevlm-agent data tokenize` first")
+        self.manifest = json.loads(manifest_path.read_text())
+        self.buckets = [np.memmap(d / f"bucket-{b:05d}.bin", dtype=self.manifest["dtype"], mode="r") for b in range(self.manifest["buckets"])]
+        self.index = np.fromfile(d / "index.bin", dtype=np.int64).reshape(-1, 3)
+        if len(self.index) == 0:
+            raise InputError(f"tokenized corpus {d} has no documents")
+        self.ends = np.cumsum(self.index[:, 2] + 1)  # stream offset just past each document's EOS
+        self.seq_len, self.pad_id, self.eos_id = seq_len, pad_id, self.manifest["eos_id"]
+        self.total_tokens = int(self.ends[-1])
+
+    def __len__(self) -> int:
+        return math.ceil(self.total_tokens / self.seq_len)
+
+    def window(self, i: int) -> np.ndarray:
+        """Stream tokens [i*seq_len, (i+1)*seq_len), possibly shorter for the last window."""
+        start, end = i * self.seq_len, min((i + 1) * self.seq_len, self.total_tokens)
+        doc = int(np.searchsorted(self.ends, start, side="right"))
+        out, pos = [], start
+        while pos < end:
+            bucket, offset, length = self.index[doc]
+            doc_start = int(self.ends[doc]) - length - 1
+            tokens = np.append(self.buckets[bucket][offset : offset + length].astype(np.int64), self.eos_id)
+            out.append(tokens[pos - doc_start : end - doc_start])
+            pos = min(int(self.ends[doc]), end)
+            doc += 1
+        return np.concatenate(out)
+
+    def __getitem__(self, i: int) -> dict:
+        tokens = torch.from_numpy(self.window(i))
+        ids = torch.full((self.seq_len,), self.pad_id, dtype=torch.long)
+        labels = torch.full((self.seq_len,), IGNORE_INDEX, dtype=torch.long)
+        ids[: len(tokens)] = tokens
+        labels[: len(tokens)] = tokens
+        return {"ids": ids.tolist(), "labels": labels.tolist(), "pixels": None}
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """A JSON list or JSON-lines file of samples; a corrupt line is an error naming the line."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"data file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{p}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    else:
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{p}:{n}: corrupt JSON line ({e.msg})") from e
+    if not records:
+        raise InputError(f"{p} holds no samples")
+    return records
+
+
+def conversation_turns(record: dict, where: str) -> list[tuple[str, str]]:
+    """ShareGPT/LLaVA `conversations` ([{from: human|gpt, value}]) -> (user, assistant) pairs."""
+    convs = record.get("conversations")
+    if not isinstance(convs, list) or len(convs) < 2:
+        raise InputError(f"{where}: needs a `conversations` list of at least one human/gpt pair")
+    if convs[0].get("from") != "human":  # ShareGPT dumps sometimes open with the assistant: drop that turn
+        convs = convs[1:]
+    turns = []
+    for user, bot in zip(convs[0::2], convs[1::2]):
+        if user.get("from") != "human" or bot.get("from") != "gpt":
+            raise InputError(f"{where}: turns must alternate human/gpt, got {user.get('from')!r}/{bot.get('from')!r}")
+        turns.append((str(user.get("value", "")), str(bot.get("value", ""))))
+    return turns
+
+
+class ConversationDataset(Dataset):
+    """SFT (text) and multimodal (LLaVA) dialogues; images are decoded here, i.e. in the DataLoader workers."""
+
+    def __init__(self, path: str | Path, tokenizer: Tokenizer, template: str, seq_len: int, image_size: int = 0,
+                 visual_tokens: int = 0, image_folder: str | Path = "", pad_to_square: bool = True) -> None:
+        self.records = read_records(path)
+        self.path = Path(path)
+        self.tokenizer, self.template, self.seq_len = tokenizer, get_template(template), seq_len
+        self.image_size, self.visual_tokens, self.pad_to_square = image_size, visual_tokens, pad_to_square
+        self.image_folder = Path(image_folder) if image_folder else self.path.parent
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        record, where = self.records[i], f"{self.path} sample {i}"
+        turns = conversation_turns(record, where)
+        pixels = None
+        if record.get("image"):
+            if not self.image_size:
+                raise InputError(f"{where} has an image but the model is text-only")
+            pixels = preprocess(load_image(self.image_folder / record["image"]), self.image_size, self.pad_to_square)[0]
+            user = turns[0][0].replace(IMAGE_TOKEN, "").strip()
+            # the image always leads the first turn; the plain template keeps nothing but the image
+            turns[0] = (IMAGE_TOKEN if self.template.name == "plain" else f"{IMAGE_TOKEN}\n{user}", turns[0][1])
+        else:
+            turns = [(u.replace(IMAGE_TOKEN, ""), b) for u, b in turns]
+        ids, labels = tokenize_conversation(self.tokenizer, self.template, turns)
+        # seq_len counts positions after splicing, so an image costs visual_tokens positions
+        budget = self.seq_len - (self.visual_tokens - 1) * ids.count(IMAGE_TOKEN_INDEX)
+        return {"ids": ids[:budget], "labels": labels[:budget], "pixels": pixels}
+
+
+def collate(samples: list[dict]) -> dict:
+    images = [s["pixels"] for s in samples if s["pixels"] is not None]
+    return {
+        "ids": [s["ids"] for s in samples],
+        "labels": [s["labels"] for s in samples],
+        "pixels": torch.stack(images) if images else None,
+    }
+
+
+@dataclass
+class StepSampler:
+    """Index lists for one process: global sample k of epoch k // n is permutation(seed, epoch)[k % n].
+
+    Step s uses global samples [s*G, (s+1)*G); micro-batch m of rank r takes the slice starting at
+    (m*world + r)*micro_batch, so any (processes x accumulation) split of G sees the same samples.
+    """
+
+    n: int
+    seed: int
+    global_batch: int
+    micro_batch: int
+    world: int
+    rank: int
+    start_step: int
+    max_steps: int
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def indices(self, first: int, count: int) -> list[int]:
+        out, cache = [], {}
+        for k in range(first, first + count):
+            epoch = k // self.n
+            if epoch not in cache:
+                cache[epoch] = self.order(epoch)
+            out.append(int(cache[epoch][k % self.n]))
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        accum = self.global_batch // (self.micro_batch * self.world)
+        for step in range(self.start_step, self.max_steps):
+            for m in range(accum):
+                yield self.indices(step * self.global_batch + (m * self.world + self.rank) * self.micro_batch, self.micro_batch)
+
+    def __len__(self) -> int:
+        return (self.max_steps - self.start_step) * self.global_batch // (self.micro_batch * self.world)

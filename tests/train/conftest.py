@@ -1,0 +1,57 @@
+"""Small training worlds: a text corpus, ShareGPT dialogues and LLaVA samples with drawn images."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from mobilevlm_agent.train.tokenize_data import tokenize_corpus
+
+COLOURS = {"red": (0, 0, 255), "green": (0, 200, 0), "blue": (255, 0, 0), "yellow": (0, 230, 230)}
+SHAPES = ("square", "ball")
+
+
+def draw(colour: str, shape: str) -> np.ndarray:
+    img = np.full((112, 112, 3), 128, np.uint8)
+    if shape == "square":
+        cv2.rectangle(img, (28, 28), (84, 84), COLOURS[colour], -1)
+    else:
+        cv2.circle(img, (56, 56), 30, COLOURS[colour], -1)
+    return img
+
+
+@pytest.fixture(scope="session")
+def data_world(tmp_path_factory, tokenizer_path) -> dict:
+    root = tmp_path_factory.mktemp("world")
+    rng = random.Random(0)
+    sentences = [f"the {c} {s} is on the table ." for c in COLOURS for s in SHAPES]
+    (root / "corpus.txt").write_text("\n".join(rng.choice(sentences) for _ in range(200)) + "\n")
+    tokens = root / "tokens"
+    tokenize_corpus([root / "corpus.txt"], tokenizer_path, tokens)
+
+    sft = [{"conversations": [{"from": "human", "value": f"what colour is the {s} ?"}, {"from": "gpt", "value": f"the {s} is {c} ."},
+                              {"from": "human", "value": "and the shape ?"}, {"from": "gpt", "value": f"a {s} ."}]}
+           for c in COLOURS for s in SHAPES]
+    (root / "sft.json").write_text(json.dumps(sft))
+
+    (root / "images").mkdir()
+    pretrain, finetune = [], []
+    for c in COLOURS:
+        for s in SHAPES:
+            name = f"images/{c}_{s}.png"
+            cv2.imwrite(str(root / name), draw(c, s))
+            pretrain.append({"image": name, "conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": f"a {c} {s} ."}]})
+            finetune.append({"image": name, "conversations": [{"from": "human", "value": "What colour is it?\n<image>"}, {"from": "gpt", "value": f"{c} ."}]})
+    finetune.append(sft[0])  # text-only samples mix in
+    (root / "pretrain.json").write_text(json.dumps(pretrain))
+    (root / "finetune.jsonl").write_text("\n".join(json.dumps(r) for r in finetune))
+    return {"root": root, "tokens": tokens, "sft": root / "sft.json", "pretrain": root / "pretrain.json", "finetune": root / "finetune.jsonl", "tokenizer": tokenizer_path}
+
+
+def overrides(world: dict, **extra) -> list[str]:
+    base = {"tokenizer": world["tokenizer"]}
+    return [f"{k.replace('__', '.')}={v}" for k, v in {**base, **extra}.items()]

@@ -1,0 +1,120 @@
+"""Tokenized buckets, packing, the step sampler, SFT/multimodal label masking, and bad data."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mobilevlm_agent.conversation import get_template
+from mobilevlm_agent.errors import InputError
+from mobilevlm_agent.model.random_init import random_model
+from mobilevlm_agent.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mobilevlm_agent.train.datasets import ConversationDataset, PackedDataset, StepSampler
+from mobilevlm_agent.train.tokenize_data import tokenize_corpus
+
+
+def test_packing_keeps_every_token_once_with_eos_between_documents(data_world, tokenizer):
+    ds = PackedDataset(data_world["tokens"], seq_len=37)
+    stream = np.concatenate([ds.window(i) for i in range(len(ds))])
+    docs = [tokenizer.encode(line.strip(), bos=False) for line in (data_world["root"] / "corpus.txt").read_text().splitlines()]
+    expected = np.concatenate([np.array(d + [tokenizer.eos_id]) for d in docs])
+    assert np.array_equal(stream, expected)
+    last = ds[len(ds) - 1]
+    pad = 37 * len(ds) - len(expected)
+    assert last["labels"][37 - pad :] == [IGNORE_INDEX] * pad
+
+
+def test_sampler_is_deterministic_per_seed_and_a_permutation_per_epoch():
+    def order(seed):
+        return [i for batch in StepSampler(50, seed, 10, 5, 1, 0, 0, 10) for i in batch]
+
+    a, b = order(1), order(2)
+    assert a == order(1) and a != b
+    assert sorted(a[:50]) == list(range(50)) and sorted(a[50:]) == list(range(50))  # each epoch sees each sample once
+    assert a[:50] != a[50:]  # reshuffled per epoch
+
+
+def test_processes_times_accumulation_split_sees_the_same_samples():
+    one = [i for batch in StepSampler(40, 0, 8, 2, 1, 0, 0, 3) for i in batch]
+    two = [[i for batch in StepSampler(40, 0, 8, 2, 2, r, 0, 3) for i in batch] for r in (0, 1)]
+    for step in range(3):
+        assert sorted(one[step * 8 : step * 8 + 8]) == sorted(two[0][step * 4 : step * 4 + 4] + two[1][step * 4 : step * 4 + 4])
+
+
+def test_resumed_sampler_continues_exactly():
+    full = list(StepSampler(30, 3, 6, 3, 1, 0, 0, 12))
+    assert list(StepSampler(30, 3, 6, 3, 1, 0, 7, 12)) == full[7 * 2 :]
+
+
+def test_sft_labels_cover_exactly_the_replies(data_world, tokenizer):
+    ds = ConversationDataset(data_world["sft"], tokenizer, "v1", 512)
+    sample, record = ds[0], ds.records[0]
+    ids, labels = sample["ids"], sample["labels"]
+    target = [i for i, l in zip(ids, labels) if l != IGNORE_INDEX]
+    replies = [t["value"] for t in record["conversations"] if t["from"] == "gpt"]
+    assert target == sum((tokenizer.encode(r, bos=False) + [tokenizer.eos_id] for r in replies), [])
+    assert all(l in (IGNORE_INDEX, i) for i, l in zip(ids, labels))
+    assert ids[0] == tokenizer.bos_id and labels[0] == IGNORE_INDEX
+
+
+def test_sft_prompt_tokens_match_inference_prompt(data_world, tokenizer):
+    from mobilevlm_agent.conversation import Conversation
+
+    ds = ConversationDataset(data_world["sft"], tokenizer, "v1", 512)
+    sample, turns = ds[0], ds.records[0]["conversations"]
+    conv = Conversation(get_template("v1"))
+    conv.add_user(turns[0]["value"])
+    conv.add_assistant(None)
+    prompt = tokenizer.encode_with_image(conv.prompt())
+    assert sample["ids"][: len(prompt)] == prompt
+
+
+def test_multimodal_labels_ignore_image_and_prompt(data_world, tokenizer):
+    model = random_model("tiny-vlm")
+    ds = ConversationDataset(data_world["finetune"], tokenizer, "v1", 256, image_size=112, visual_tokens=16)
+    sample = ds[0]
+    assert sample["ids"].count(IMAGE_TOKEN_INDEX) == 1 and sample["pixels"].shape == (3, 112, 112)
+    with torch.no_grad():
+        embeds, labels = model.training_batch([sample["ids"]], [sample["labels"]], sample["pixels"][None])
+    pos = sample["ids"].index(IMAGE_TOKEN_INDEX)
+    assert embeds.shape[1] == len(sample["ids"]) - 1 + 16
+    assert (labels[0, pos : pos + 16] == IGNORE_INDEX).all()
+    assert labels[0][labels[0] != IGNORE_INDEX].tolist() == tokenizer.encode("red .", bos=False) + [tokenizer.eos_id]
+
+
+def test_plain_template_targets_caption_only(data_world, tokenizer):
+    ds = ConversationDataset(data_world["pretrain"], tokenizer, "plain", 256, image_size=112, visual_tokens=16)
+    sample = ds[0]
+    assert sample["ids"][:2] == [tokenizer.bos_id, IMAGE_TOKEN_INDEX]
+    assert sample["labels"][:2] == [IGNORE_INDEX, IGNORE_INDEX]
+    assert sample["labels"][2:] == tokenizer.encode("a red square .\n", bos=False)
+
+
+def test_tokenize_counts_bad_lines_and_reads_gzip(tmp_path, tokenizer_path):
+    src = tmp_path / "c.jsonl.gz"
+    with gzip.open(src, "wt") as f:
+        f.write('{"text": "a red cube"}\n{broken\n{"no_text": 1}\n\n{"text": "a blue ball"}\n')
+    (tmp_path / "bad.txt").write_bytes(b"ok line\n\xff\xfe not utf8\n")
+    manifest = tokenize_corpus([src, tmp_path / "bad.txt"], tokenizer_path, tmp_path / "out", workers=2)
+    assert (manifest["documents"], manifest["bad_lines"], manifest["dtype"]) == (3, 3, "uint16")
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["tokens"] == manifest["tokens"]
+
+
+def test_bad_data_errors(tmp_path, tokenizer, tokenizer_path, data_world):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(InputError, match="no documents found"):
+        tokenize_corpus([tmp_path / "empty.txt"], tokenizer_path, tmp_path / "o")
+    (tmp_path / "x.csv").write_text("a,b")
+    with pytest.raises(InputError, match="unsupported corpus file"):
+        tokenize_corpus([tmp_path / "x.csv"], tokenizer_path, tmp_path / "o")
+    (tmp_path / "d.jsonl").write_text('{"conversations": []}\n{corrupt\n')
+    with pytest.raises(InputError, match=r"d.jsonl:2: corrupt JSON line"):
+        ConversationDataset(tmp_path / "d.jsonl", tokenizer, "v1", 64)
+    (tmp_path / "m.json").write_text(json.dumps([{"image": "nope.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}]}]))
+    with pytest.raises(InputError, match="image not found"):
+        ConversationDataset(tmp_path / "m.json", tokenizer, "v1", 64, image_size=112, visual_tokens=16)[0]
+    with pytest.raises(InputError, match="not a tokenized corpus"):
+        PackedDataset(tmp_path, 16)

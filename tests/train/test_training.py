@@ -1,0 +1,166 @@
+"""The trainer: overfitting in each stage, what each stage freezes, torchrun equivalence, exact resume, LoRA."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import overrides
+from mobilevlm_agent.errors import ConfigError
+from mobilevlm_agent.model.vlm import MobileVLM
+from mobilevlm_agent.train.loop import main as train_main
+from mobilevlm_agent.train.recipe import load_recipe
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def train(recipe: str, run: Path, world: dict, *extra: str, **kw) -> Path:
+    assert train_main([recipe, "--out", str(run), *[f"--set={o}" for o in overrides(world, **kw)], *[f"--set={e}" for e in extra]]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, data_world):
+    """Stage 0 -> 1 -> 2a -> 2b on the small world, each starting from the previous stage's model."""
+    root = tmp_path_factory.mktemp("runs")
+    s0 = train("tiny-stage0", root / "s0", data_world, data__path=data_world["tokens"], max_steps=60)
+    s1 = train("tiny-stage1", root / "s1", data_world, f"model={s0 / 'model'}", data__path=data_world["sft"])
+    s2a = train("tiny-stage2a", root / "s2a", data_world, "init_from={llm: %s}" % (s1 / "model"), data__path=data_world["pretrain"], max_steps=60)
+    s2b = train("tiny-stage2b", root / "s2b", data_world, f"model={s2a / 'model'}", data__path=data_world["finetune"])
+    return {"s0": s0, "s1": s1, "s2a": s2a, "s2b": s2b}
+
+
+@pytest.mark.parametrize("stage,ratio", [("s0", 0.5), ("s1", 0.5), ("s2a", 0.7), ("s2b", 0.5)])
+def test_each_stage_overfits_its_small_corpus(pipeline, stage, ratio):
+    curve = losses(pipeline[stage])
+    start, end = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
+    print(f"{stage}: loss {start:.3f} -> {end:.3f}")
+    assert end < ratio * start
+
+
+def state(path: Path) -> dict[str, torch.Tensor]:
+    return MobileVLM.from_pretrained(path, dtype=torch.float32, device="cpu").state_dict()
+
+
+def test_stage_2a_trains_only_the_projector(pipeline):
+    before, after = state(pipeline["s1"] / "model"), state(pipeline["s2a"] / "model")
+    for key, value in after.items():
+        if key.startswith("projector."):
+            continue
+        if key.startswith("llm."):
+            assert torch.equal(value, before[key]), key
+    first = MobileVLM.from_pretrained(pipeline["s2a"] / "checkpoints" / "step-0000060" / "model", device="cpu").state_dict()
+    assert all(torch.equal(first[k], after[k]) for k in after)  # the checkpoint holds the final weights
+    changed = [k for k in after if k.startswith("projector.") and not torch.equal(after[k], random_init_state()[k])]
+    assert changed
+
+
+def random_init_state():
+    from mobilevlm_agent.model.random_init import random_model
+
+    return random_model("tiny-vlm", seed=0).state_dict()
+
+
+def test_stage_2a_keeps_the_vision_tower_of_its_init(pipeline):
+    init, after = random_init_state(), state(pipeline["s2a"] / "model")
+    assert all(torch.equal(after[k], init[k]) for k in after if k.startswith("vision."))
+
+
+def test_stage_2b_leaves_vision_bit_identical_and_trains_llm_and_projector(pipeline):
+    before, after = state(pipeline["s2a"] / "model"), state(pipeline["s2b"] / "model")
+    assert all(torch.equal(after[k], before[k]) for k in after if k.startswith("vision."))
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("llm."))
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("projector."))
+
+
+def test_trained_model_answers_through_ask(pipeline):
+    from mobilevlm_agent.cli import main
+
+    assert main(["ask", "--model", str(pipeline["s2b"] / "model"), "--prompt", "What colour is it?", "--max-new-tokens", "4", "--json"]) == 0
+
+
+def torchrun(nproc: int, run: Path, world: dict, *extra: str, port: int) -> subprocess.CompletedProcess:
+    args = [f"--set={o}" for o in overrides(world, data__path=world["tokens"], max_steps=6)] + [f"--set={e}" for e in extra]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}", "-m", "mobilevlm_agent.train", "tiny-stage0", "--out", str(run), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "zero1"])
+def test_two_processes_equal_one_process_with_accumulation(tmp_path, data_world, strategy):
+    port = 29600 + os.getpid() % 300 + (strategy == "zero1")
+    one = torchrun(1, tmp_path / "one", data_world, "global_batch=4", "micro_batch=2", port=port)
+    two = torchrun(2, tmp_path / "two", data_world, "global_batch=4", "micro_batch=2", f"strategy={strategy}", port=port + 2)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(a) == len(b) == 6
+    torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(tmp_path, data_world):
+    args = [f"--set={o}" for o in overrides(data_world, data__path=data_world["tokens"], max_steps=400, save_every=20, data__seq_len=64)]
+    cmd = [sys.executable, "-m", "mobilevlm_agent.train", "tiny-stage0", *args]
+    subprocess.run([*cmd, "--out", str(tmp_path / "full")], check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed" / "checkpoints" / "step-0000040").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "model").exists(), "the run finished before it could be killed"
+    logged = len(losses(tmp_path / "killed"))
+    subprocess.run([*cmd, "--out", str(tmp_path / "killed"), "--resume"], check=True, capture_output=True, timeout=300)
+    resumed, full = losses(tmp_path / "killed"), losses(tmp_path / "full")
+    print(f"killed after {logged} logged steps; resumed to {len(resumed)}")
+    assert len(resumed) == len(full) == 400
+    assert resumed == full  # bit-exact: same data order, optimizer state and RNG
+
+
+def test_checkpoints_are_pruned_and_atomic(tmp_path, data_world):
+    run = train("tiny-stage0", tmp_path / "r", data_world, data__path=data_world["tokens"], max_steps=10, save_every=2, keep_last=2)
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["step-0000008", "step-0000010"]
+    assert sorted(p.name for p in (run / "checkpoints" / "step-0000010").iterdir()) == ["model", "optimizer.safetensors", "rng-0.safetensors", "trainer.json"]
+
+
+def test_lora_trains_adapters_and_merges(tmp_path, data_world, pipeline):
+    run = train("tiny-stage1", tmp_path / "lora", data_world, f"model={pipeline['s0'] / 'model'}", "lora={r: 4, alpha: 8, dropout: 0.0}", data__path=data_world["sft"], max_steps=30)
+    curve = losses(run)
+    assert curve[-1] < curve[0]
+    merged, base = state(run / "model"), state(pipeline["s0"] / "model")
+    assert any(not torch.equal(merged[k], base[k]) for k in merged if k.endswith("q_proj.weight"))
+    assert all(torch.equal(merged[k], base[k]) for k in merged if k.endswith("norm.weight"))  # only LoRA targets move
+    assert (run / "checkpoints" / "step-0000030" / "lora.safetensors").is_file()
+
+
+def test_recipe_errors_are_clear(tmp_path, data_world):
+    with pytest.raises(ConfigError, match=r"unknown recipe key\(s\) optim.lrr"):
+        load_recipe("tiny-stage0", ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="no recipe file 'nope'"):
+        load_recipe("nope")
+    with pytest.raises(ConfigError, match="data.path .* does not exist.*global_batch 3 is not a multiple"):
+        load_recipe("tiny-stage0", ["data.path=/no/such", "global_batch=3"]).resolve(1)
+
+
+def test_every_shipped_recipe_parses():
+    shipped = Path(__file__).parents[2] / "mobilevlm_agent" / "train" / "recipes"
+    for path in shipped.glob("*.yaml"):
+        recipe = load_recipe(path)
+        assert recipe.stage in ("pretrain", "sft", "projector", "finetune"), path
+
+
+def test_plot_writes_a_png(pipeline):
+    from mobilevlm_agent.cli import main
+
+    assert main(["plot", str(pipeline["s0"])]) == 0
+    assert (pipeline["s0"] / "curves.png").read_bytes()[:4] == b"\x89PNG"
