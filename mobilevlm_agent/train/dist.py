@@ -9,7 +9,6 @@ import torch
 import torch.distributed as td
 from torch import nn
 
-from mobilevlm_agent.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -64,8 +63,7 @@ def wrap_model(model: nn.Module, strategy: str, info: DistInfo) -> nn.Module:
         return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    if info.device.type != "cuda":
-        raise ConfigError("strategy fsdp needs CUDA GPUs; use ddp or zero1 on CPU")
+    # one flat unit over the whole model; use_orig_params keeps per-parameter requires_grad and names
     return FSDP(model, device_id=info.device, use_orig_params=True)
 
 
@@ -92,7 +90,7 @@ def optimizer_state(opt: torch.optim.Optimizer, model: nn.Module, info: DistInfo
     if type(model).__name__ == "FullyShardedDataParallel":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        state = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=info.device.type == "cuda"))
         return state if info.is_main else None
     return opt.state_dict() if info.is_main else None
 
@@ -111,7 +109,8 @@ def model_state(model: nn.Module, info: DistInfo) -> dict[str, torch.Tensor] | N
     if type(model).__name__ == "FullyShardedDataParallel":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # cpu_offload gathers onto rank 0 only; on a CPU (gloo) group it crashes, and there the state is on CPU anyway
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=info.device.type == "cuda"))
         return state if info.is_main else None
     return getattr(model, "module", model).state_dict() if info.is_main else None
 

@@ -252,12 +252,22 @@ def fit(recipe: Recipe, run_dir: Path, resume: bool = False) -> Path:
             save_checkpoint(run_dir, step + 1, model, wrapped, opt, recipe, info)
     final = run_dir / "model"
     if info.is_main:
-        if recipe.lora.r:
-            merge_lora(model)
-        save_pretrained(model.cpu(), final, dtype=torch.float32)
+        export_final(checkpoint_dirs(run_dir)[-1], final, recipe)
     dist.barrier(info)
     dist.shutdown()
     return final
+
+
+def export_final(ckpt: Path, out: Path, recipe: Recipe) -> None:
+    """The run's model from its last checkpoint (already gathered from every strategy), LoRA merged in."""
+    model = MobileVLM.from_pretrained(ckpt / "model", dtype=torch.float32, device="cpu")
+    if recipe.lora.r:
+        apply_lora(model.llm, recipe.lora.r, recipe.lora.alpha, recipe.lora.dropout, recipe.lora.targets)
+        result = model.load_state_dict(load_file(ckpt / "lora.safetensors"), strict=False)  # adapters only
+        if result.unexpected_keys:
+            raise CheckpointError(f"{ckpt}/lora.safetensors has keys the model lacks: {result.unexpected_keys[:4]}")
+        merge_lora(model)
+    save_pretrained(model, out, dtype=torch.float32)
 
 
 def build_parser() -> argparse.ArgumentParser:
