@@ -62,9 +62,15 @@ def wrap_model(model: nn.Module, strategy: str, info: DistInfo) -> nn.Module:
         ids = [info.device.index] if info.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    # one flat unit over the whole model; use_orig_params keeps per-parameter requires_grad and names
-    return FSDP(model, device_id=info.device, use_orig_params=True)
+    from mobilevlm_agent.model.llama import DecoderLayer
+    from mobilevlm_agent.model.vision import CLIPEncoderLayer
+
+    # a unit per transformer layer, so only one layer's full weights exist at a time; use_orig_params keeps
+    # per-parameter requires_grad (frozen vision tower) and the original names for checkpoints
+    policy = ModuleWrapPolicy({DecoderLayer, CLIPEncoderLayer})
+    return FSDP(model, device_id=info.device, use_orig_params=True, auto_wrap_policy=policy)
 
 
 def no_sync(model: nn.Module, skip: bool):

@@ -36,7 +36,7 @@ def pipeline(tmp_path_factory, data_world):
     s0 = train("tiny-stage0", root / "s0", data_world, data__path=data_world["tokens"], max_steps=60)
     s1 = train("tiny-stage1", root / "s1", data_world, f"model={s0 / 'model'}", data__path=data_world["sft"])
     s2a = train("tiny-stage2a", root / "s2a", data_world, "init_from={llm: %s}" % (s1 / "model"), data__path=data_world["pretrain"], max_steps=60)
-    s2b = train("tiny-stage2b", root / "s2b", data_world, f"model={s2a / 'model'}", data__path=data_world["finetune"])
+    s2b = train("tiny-stage2b", root / "s2b", data_world, f"model={s2a / 'model'}", data__path=data_world["finetune"], data__num_workers=2)
     return {"s0": s0, "s1": s1, "s2a": s2a, "s2b": s2b}
 
 
