@@ -29,6 +29,7 @@ setup(
         "opencv-python-headless",
         "pillow",
         "tqdm",
+        "mujoco>=3.1",  # the embedded simulator (headless with MUJOCO_GL=egl)
     ],
     extras_require={
         # transformers is only a parity reference in tests, never imported by the library

@@ -145,6 +145,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_export_gazebo(args: argparse.Namespace) -> int:
+    """Write a generated scene as a Gazebo (gz-sim) SDF world, a ros_gz_bridge config and the scene YAML."""
+    from mobilevlm_agent.sim.gazebo import export_gazebo
+    from mobilevlm_agent.sim.scene import SceneSpec, generate_scene
+
+    scene = SceneSpec.load(args.scene) if args.scene else generate_scene(args.seed)
+    world, bridge = export_gazebo(scene, args.out)
+    scene.save(Path(args.out) / "scene.yaml")
+    print(f"wrote {world}, {bridge}, {Path(args.out) / 'scene.yaml'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilevlm-agent", description="On-board MobileVLM for robots: ask, inspect and convert models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -196,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, help="tokenizer.model")
     p.add_argument("--out", required=True, help="output directory for buckets, index and manifest")
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
+
+    sim = sub.add_parser("sim", help="The embedded simulator.", description="The embedded MuJoCo simulator.")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="COMMAND")
+    doc = (cmd_sim_export_gazebo.__doc__ or "").strip()
+    p = sim_sub.add_parser("export-gazebo", help=doc.splitlines()[0], description=doc)
+    p.set_defaults(fn=cmd_sim_export_gazebo)
+    p.add_argument("--seed", type=int, default=0, help="procedural scene seed")
+    p.add_argument("--scene", help="a scene YAML instead of a generated one")
+    p.add_argument("--out", required=True, help="output directory")
 
     p = add("train", cmd_train)
     p.add_argument("recipe", help="recipe YAML or shipped recipe name")

@@ -62,7 +62,7 @@ def test_init_random_writes_a_loadable_checkpoint(capsys, tmp_path):
     assert model.config.projector_type == "ldpnetv2" and model.tokenizer is not None
 
 
-@pytest.mark.parametrize("command", [None, "ask", "info", "convert", "init-random"])
+@pytest.mark.parametrize("command", [None, "ask", "info", "convert", "init-random", "train", "plot"])
 def test_help_at_every_level(command):
     argv = [command, "--help"] if command else ["--help"]
     proc = subprocess.run([sys.executable, "-m", "mobilevlm_agent.cli", *argv], capture_output=True, text=True, timeout=60)
@@ -79,3 +79,8 @@ def test_library_never_imports_transformers_or_rclpy(official_checkpoint, scene_
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_sim_export_gazebo_command(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "sim", "export-gazebo", "--seed", 2, "--out", tmp_path)
+    assert code == 0 and {"world.sdf", "bridge.yaml", "scene.yaml"} <= {p.name for p in tmp_path.iterdir()}

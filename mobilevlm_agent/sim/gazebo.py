@@ -1,0 +1,110 @@
+"""Export a SceneSpec as a Gazebo (gz-sim) SDF world with a diff-drive robot and camera, plus a ros_gz_bridge config."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import yaml
+
+from mobilevlm_agent.sim.scene import COLOURS, ObjectSpec, SceneSpec
+from mobilevlm_agent.sim.world import CAMERA_HEIGHT, ROBOT_RADIUS, SimConfig
+
+
+def _material(rgb) -> str:
+    r, g, b = rgb
+    return f"<material><ambient>{r} {g} {b} 1</ambient><diffuse>{r} {g} {b} 1</diffuse></material>"
+
+
+def _static_model(name: str, pose: str, geometry: str, rgb) -> str:
+    return (f'<model name="{escape(name)}"><static>true</static><pose>{pose}</pose><link name="link">'
+            f"<collision name=\"collision\"><geometry>{geometry}</geometry></collision>"
+            f"<visual name=\"visual\"><geometry>{geometry}</geometry>{_material(rgb)}</visual></link></model>")
+
+
+def object_geometry(o: ObjectSpec) -> str:
+    s = o.size
+    return {
+        "cube": f"<box><size>{2 * s} {2 * s} {2 * s}</size></box>",
+        "ball": f"<sphere><radius>{s}</radius></sphere>",
+        "cylinder": f"<cylinder><radius>{s}</radius><length>{2 * s}</length></cylinder>",
+        "capsule": f"<capsule><radius>{0.8 * s}</radius><length>{2 * s}</length></capsule>",
+    }[o.shape]
+
+
+def robot_model(scene: SceneSpec, cfg: SimConfig) -> str:
+    x, y, yaw = scene.robot_start
+    wheel = lambda side, sign: (  # noqa: E731
+        f'<link name="{side}_wheel"><pose>0 {sign * (ROBOT_RADIUS + 0.02)} 0.05 -1.5708 0 0</pose>'
+        f"<inertial><mass>0.5</mass></inertial><collision name=\"c\"><geometry><cylinder><radius>0.05</radius><length>0.03</length></cylinder></geometry></collision>"
+        f"<visual name=\"v\"><geometry><cylinder><radius>0.05</radius><length>0.03</length></cylinder></geometry></visual></link>"
+        f'<joint name="{side}_wheel_joint" type="revolute"><parent>base_link</parent><child>{side}_wheel</child><axis><xyz>0 0 1</xyz></axis></joint>')
+    hfov = 2 * math.atan(math.tan(math.radians(cfg.fovy) / 2) * cfg.width / cfg.height)
+    return f"""<model name="robot"><pose>{x} {y} 0 0 0 {yaw}</pose>
+  <link name="base_link"><pose>0 0 0.1 0 0 0</pose><inertial><mass>10</mass></inertial>
+    <collision name="c"><geometry><cylinder><radius>{ROBOT_RADIUS}</radius><length>0.16</length></cylinder></geometry></collision>
+    <visual name="v"><geometry><cylinder><radius>{ROBOT_RADIUS}</radius><length>0.16</length></cylinder></geometry></visual>
+    <sensor name="front_camera" type="camera"><pose>{ROBOT_RADIUS - 0.02} 0 {CAMERA_HEIGHT - 0.1} 0 0.17 0</pose><always_on>1</always_on><update_rate>15</update_rate><topic>camera/image_raw</topic>
+      <camera><horizontal_fov>{hfov:.4f}</horizontal_fov><image><width>{cfg.width}</width><height>{cfg.height}</height><format>R8G8B8</format></image><clip><near>0.05</near><far>{cfg.view_range + 2}</far></clip></camera>
+    </sensor>
+  </link>
+  <link name="caster"><pose>-0.12 0 0.03 0 0 0</pose><collision name="c"><geometry><sphere><radius>0.03</radius></sphere></geometry><surface><friction><ode><mu>0</mu><mu2>0</mu2></ode></friction></surface></collision></link>
+  <joint name="caster_joint" type="fixed"><parent>base_link</parent><child>caster</child></joint>
+  {wheel("left", 1)}{wheel("right", -1)}
+  <plugin filename="gz-sim-diff-drive-system" name="gz::sim::systems::DiffDrive">
+    <left_joint>left_wheel_joint</left_joint><right_joint>right_wheel_joint</right_joint>
+    <wheel_separation>{2 * (ROBOT_RADIUS + 0.02)}</wheel_separation><wheel_radius>0.05</wheel_radius>
+    <max_linear_velocity>{cfg.max_linear}</max_linear_velocity><max_angular_velocity>{cfg.max_angular}</max_angular_velocity>
+    <max_linear_acceleration>{cfg.max_linear_accel}</max_linear_acceleration><max_angular_acceleration>{cfg.max_angular_accel}</max_angular_acceleration>
+    <topic>cmd_vel</topic><odom_topic>odom</odom_topic><frame_id>odom</frame_id><child_frame_id>base_link</child_frame_id>
+  </plugin>
+</model>"""
+
+
+def scene_sdf(scene: SceneSpec, cfg: SimConfig = SimConfig()) -> str:
+    w, d = scene.room
+    h = scene.wall_height
+    lx, ly, lz = scene.light_dir
+    li = scene.light_intensity
+    walls = "".join(
+        _static_model(f"wall{i}", f"{x} {y} {h / 2} 0 0 0", f"<box><size>{2 * sx} {2 * sy} {h}</size></box>", scene.wall_rgb)
+        for i, (x, y, sx, sy) in enumerate([(0, d / 2 + 0.05, w / 2 + 0.1, 0.05), (0, -d / 2 - 0.05, w / 2 + 0.1, 0.05),
+                                            (w / 2 + 0.05, 0, 0.05, d / 2 + 0.1), (-w / 2 - 0.05, 0, 0.05, d / 2 + 0.1)]))
+    objects = "".join(_static_model(o.name, f"{o.x} {o.y} {o.height} 0 0 {o.yaw}", object_geometry(o), COLOURS[o.colour]) for o in scene.objects)
+    floor = _static_model("floor", "0 0 0 0 0 0", f"<plane><normal>0 0 1</normal><size>{w + 2} {d + 2}</size></plane>", scene.floor_rgb)
+    return f"""<?xml version="1.0"?>
+<!-- generated by mobilevlm_agent from scene seed {scene.seed}; the same objects and poses as the MuJoCo scene -->
+<sdf version="1.9">
+<world name="mobilevlm_room">
+  <physics name="default" type="ignored"><max_step_size>0.005</max_step_size><real_time_factor>1.0</real_time_factor></physics>
+  <plugin filename="gz-sim-physics-system" name="gz::sim::systems::Physics"/>
+  <plugin filename="gz-sim-user-commands-system" name="gz::sim::systems::UserCommands"/>
+  <plugin filename="gz-sim-scene-broadcaster-system" name="gz::sim::systems::SceneBroadcaster"/>
+  <plugin filename="gz-sim-sensors-system" name="gz::sim::systems::Sensors"><render_engine>ogre2</render_engine></plugin>
+  <light type="directional" name="sun"><cast_shadows>false</cast_shadows><diffuse>{li} {li} {li} 1</diffuse><direction>{lx} {ly} {lz}</direction></light>
+  {floor}
+  {walls}
+  {objects}
+  {robot_model(scene, cfg)}
+</world>
+</sdf>
+"""
+
+
+def bridge_config() -> list[dict]:
+    """ros_gz_bridge YAML entries: camera and odometry out of Gazebo, stamped cmd_vel into it, and the clock."""
+    return [
+        {"ros_topic_name": "/camera/image_raw", "gz_topic_name": "camera/image_raw", "ros_type_name": "sensor_msgs/msg/Image", "gz_type_name": "gz.msgs.Image", "direction": "GZ_TO_ROS"},
+        {"ros_topic_name": "/odom", "gz_topic_name": "odom", "ros_type_name": "nav_msgs/msg/Odometry", "gz_type_name": "gz.msgs.Odometry", "direction": "GZ_TO_ROS"},
+        {"ros_topic_name": "/cmd_vel", "gz_topic_name": "cmd_vel", "ros_type_name": "geometry_msgs/msg/TwistStamped", "gz_type_name": "gz.msgs.Twist", "direction": "ROS_TO_GZ"},
+        {"ros_topic_name": "/clock", "gz_topic_name": "/clock", "ros_type_name": "rosgraph_msgs/msg/Clock", "gz_type_name": "gz.msgs.Clock", "direction": "GZ_TO_ROS"},
+    ]
+
+
+def export_gazebo(scene: SceneSpec, out_dir: str | Path, cfg: SimConfig = SimConfig()) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    world, bridge = out / "world.sdf", out / "bridge.yaml"
+    world.write_text(scene_sdf(scene, cfg))
+    bridge.write_text(yaml.safe_dump(bridge_config(), sort_keys=False))
+    return world, bridge
