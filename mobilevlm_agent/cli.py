@@ -157,6 +157,15 @@ def cmd_sim_export_gazebo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_dataset(args: argparse.Namespace) -> int:
+    """Generate training data in the simulator: llava.json + images/ (QA and navigation steps), corpus.txt, sharegpt.json."""
+    from mobilevlm_agent.sim.dataset import DatasetConfig, write_dataset
+
+    manifest = write_dataset(args.out, DatasetConfig(scenes=args.scenes, seed=args.seed, views_per_scene=args.views, nav_episodes_per_scene=args.episodes))
+    print(json.dumps(manifest))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilevlm-agent", description="On-board MobileVLM for robots: ask, inspect and convert models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -217,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="procedural scene seed")
     p.add_argument("--scene", help="a scene YAML instead of a generated one")
     p.add_argument("--out", required=True, help="output directory")
+
+    doc = (cmd_sim_dataset.__doc__ or "").strip()
+    p = sim_sub.add_parser("dataset", help=doc.splitlines()[0], description=doc)
+    p.set_defaults(fn=cmd_sim_dataset)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--scenes", type=int, default=20, help="procedural scenes (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed; scene seeds derive from it")
+    p.add_argument("--views", type=int, default=8, help="camera views per scene for QA (default 8)")
+    p.add_argument("--episodes", type=int, default=2, help="oracle navigation episodes per scene (default 2)")
 
     p = add("train", cmd_train)
     p.add_argument("recipe", help="recipe YAML or shipped recipe name")

@@ -160,6 +160,15 @@ class SimEnv:
                 return True
         return False
 
+    def teleport(self, x: float, y: float, yaw: float) -> Observation:
+        """Place the robot at rest at a pose (for collecting views); counts as a fresh start for collisions."""
+        self.data.qpos[:3] = (x, y, yaw)
+        self.data.qvel[:] = 0.0
+        self.command = Twist()
+        self.collisions = 0
+        mujoco.mj_forward(self.model, self.data)
+        return self.observe()
+
     # -- observation ---------------------------------------------------------------------------------------------
     def odometry(self) -> Odometry:
         x, y, yaw = (float(v) for v in self.data.qpos[:3])

@@ -1,0 +1,173 @@
+"""Training data from the simulator: LLaVA-format QA and navigation samples, a stage-0 corpus, ShareGPT dialogues.
+
+Every file is consumable unchanged by the training pipeline (`data tokenize`, sft and multimodal datasets).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from mobilevlm_agent.agent.actions import action_to_twist
+from mobilevlm_agent.sim.oracle import oracle_action
+from mobilevlm_agent.sim.scene import COLOURS, SHAPES, ObjectSpec
+from mobilevlm_agent.sim.world import ROBOT_RADIUS, SimEnv
+
+NAV_TEMPLATES = ("go to the {}", "drive to the {}", "navigate to the {}", "find the {} and stop next to it", "move to the {}")
+POPE_SPLITS = ("random", "popular", "adversarial")
+
+
+def existence_question(label: str) -> str:
+    return f"Is there a {label} in the image?"
+
+
+def nav_prompt(instruction: str, history: list[str]) -> str:
+    """The planner's prompt; the same function builds training samples and the agent's queries."""
+    past = ", ".join(history[-4:]) if history else "none"
+    return f"Instruction: {instruction}. Previous actions: {past}. What is the next action?"
+
+
+def where(env: SimEnv, obj: ObjectSpec) -> str:
+    bearing = math.degrees(env.bearing_to(obj))
+    return "on the left" if bearing > 12 else "on the right" if bearing < -12 else "ahead"
+
+
+def describe(env: SimEnv, visible: list[ObjectSpec]) -> str:
+    if not visible:
+        return "I see no objects, only the room."
+    ordered = sorted(visible, key=lambda o: -env.bearing_to(o))
+    return "I see " + ", ".join(f"a {o.label} {where(env, o)}" for o in ordered) + "."
+
+
+def pope_negatives(rng: random.Random, visible: list[ObjectSpec], scene_objects: list[ObjectSpec], popular: list[str]) -> dict[str, str]:
+    """One absent label per POPE split: random, popular (frequent in the data), adversarial (shares colour or shape)."""
+    present = {o.label for o in visible}
+    all_labels = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+    absent = [label for label in all_labels if label not in present]
+    adversarial = [label for label in absent if any(label.split()[0] == o.colour or label.split()[1] == o.shape for o in visible)]
+    popular_absent = [label for label in popular if label not in present]
+    return {
+        "random": rng.choice(absent),
+        "popular": popular_absent[0] if popular_absent else rng.choice(absent),
+        "adversarial": rng.choice(adversarial) if adversarial else rng.choice(absent),
+    }
+
+
+def qa_samples(rng: random.Random, env: SimEnv, visible: list[ObjectSpec], popular: list[str]) -> list[dict]:
+    """(question, answer, kind) about the current view."""
+    out = [{"q": "Describe the scene.", "a": describe(env, visible), "kind": "describe"},
+           {"q": "How many objects can you see?", "a": str(len(visible)), "kind": "count"}]
+    for obj in visible:
+        out.append({"q": existence_question(obj.label), "a": "Yes", "kind": "pope", "split": "positive"})
+    for split, label in pope_negatives(rng, visible, list(env.scene.objects), popular).items():
+        out.append({"q": existence_question(label), "a": "No", "kind": "pope", "split": split})
+    shapes, colours = Counter(o.shape for o in visible), Counter(o.colour for o in visible)
+    for obj in visible:
+        if shapes[obj.shape] == 1:
+            out.append({"q": f"What colour is the {obj.shape}?", "a": obj.colour, "kind": "colour"})
+        if colours[obj.colour] == 1:
+            out.append({"q": f"What shape is the {obj.colour} object?", "a": obj.shape, "kind": "shape"})
+    return out
+
+
+def random_pose(rng: random.Random, env: SimEnv) -> tuple[float, float, float]:
+    w, d = env.scene.room
+    for _ in range(200):
+        x, y = rng.uniform(-w / 2 + 0.4, w / 2 - 0.4), rng.uniform(-d / 2 + 0.4, d / 2 - 0.4)
+        if all(math.hypot(x - o.x, y - o.y) > o.size + ROBOT_RADIUS + 0.25 for o in env.scene.objects):
+            return x, y, rng.uniform(-math.pi, math.pi)
+    return env.scene.robot_start
+
+
+def view_towards(rng: random.Random, env: SimEnv) -> tuple[float, float, float]:
+    """A random pose looking roughly at a random object, so most views contain something."""
+    x, y, _ = random_pose(rng, env)
+    obj = rng.choice(env.scene.objects)
+    return x, y, math.atan2(obj.y - y, obj.x - x) + rng.uniform(-0.6, 0.6)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    scenes: int = 20
+    seed: int = 0
+    views_per_scene: int = 8
+    nav_episodes_per_scene: int = 2
+    max_nav_steps: int = 60
+    control_period: float = 0.5
+
+
+def write_dataset(out_dir: str | Path, cfg: DatasetConfig = DatasetConfig()) -> dict:
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(cfg.seed)
+    env = SimEnv()
+    llava: list[dict] = []
+    corpus: list[str] = []
+    dialogues: list[dict] = []
+    popular: list[str] = []
+    label_counts: Counter = Counter()
+    for s in tqdm(range(cfg.scenes), desc="sim dataset"):
+        scene_seed = cfg.seed * 100_003 + s
+        env.reset(seed=scene_seed)
+        label_counts.update(o.label for o in env.scene.objects)
+        popular = [label for label, _ in label_counts.most_common(5)]
+        for v in range(cfg.views_per_scene):
+            env.teleport(*(view_towards(rng, env) if v % 4 else random_pose(rng, env)))
+            image = save_image(out, f"s{scene_seed}_v{v}", env)
+            visible = env.visible_objects()
+            for i, qa in enumerate(qa_samples(rng, env, visible, popular)):
+                llava.append(sample(f"s{scene_seed}_v{v}_q{i}", image, qa["q"], qa["a"], kind=qa["kind"], split=qa.get("split")))
+            corpus.append(describe(env, visible))
+            dialogues.append({"id": f"s{scene_seed}_v{v}", "conversations": [
+                {"from": "human", "value": f"The robot sees: {describe(env, visible)} How many objects does it see?"}, {"from": "gpt", "value": str(len(visible))}]})
+        for e in range(cfg.nav_episodes_per_scene):
+            llava += navigation_samples(rng, env, scene_seed, e, out, cfg)
+    env.close()
+    for obj_label in label_counts:
+        corpus.append(f"The {obj_label} is in the room. Go to the {obj_label}.")
+    (out / "llava.json").write_text(json.dumps(llava))
+    (out / "corpus.txt").write_text("\n".join(corpus) + "\n")
+    (out / "sharegpt.json").write_text(json.dumps(dialogues))
+    kinds = Counter(r["kind"] for r in llava)
+    manifest = {"scenes": cfg.scenes, "seed": cfg.seed, "samples": len(llava), "by_kind": dict(kinds), "images": len(list((out / "images").iterdir())),
+                "corpus_lines": len(corpus), "dialogues": len(dialogues)}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def navigation_samples(rng: random.Random, env: SimEnv, scene_seed: int, episode: int, out: Path, cfg: DatasetConfig) -> list[dict]:
+    """One oracle rollout from a random start; every step is a (view, instruction, history) -> action sample."""
+    env.teleport(*random_pose(rng, env))
+    labels = Counter(o.label for o in env.scene.objects)
+    target = rng.choice([o for o in env.scene.objects if labels[o.label] == 1])  # unambiguous; obj0 always is
+    instruction = rng.choice(NAV_TEMPLATES).format(target.label)
+    samples, history = [], []
+    for step in range(cfg.max_nav_steps):
+        action = oracle_action(env, target)
+        image = save_image(out, f"s{scene_seed}_n{episode}_t{step}", env)
+        samples.append(sample(f"s{scene_seed}_n{episode}_t{step}", image, nav_prompt(instruction, history), action, kind="nav"))
+        env.step(action_to_twist(action), cfg.control_period)
+        history.append(action)
+        if action == "stop":
+            break
+    return samples
+
+
+def save_image(out: Path, name: str, env: SimEnv) -> str:
+    path = f"images/{name}.png"
+    cv2.imwrite(str(out / path), cv2.cvtColor(env.render(), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def sample(sample_id: str, image: str, question: str, answer: str, kind: str, split: str | None = None) -> dict:
+    record = {"id": sample_id, "image": image, "kind": kind,
+              "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]}
+    if split:
+        record["split"] = split
+    return record

@@ -1,0 +1,55 @@
+"""The simulator dataset: consistent with ground truth, and consumable unchanged by the training pipeline."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mobilevlm_agent.agent.actions import ACTIONS
+from mobilevlm_agent.cli import main
+from mobilevlm_agent.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mobilevlm_agent.train.datasets import ConversationDataset, PackedDataset
+from mobilevlm_agent.train.tokenize_data import tokenize_corpus
+
+
+@pytest.fixture(scope="module")
+def sim_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("simdata")
+    assert main(["sim", "dataset", "--out", str(out), "--scenes", "2", "--views", "4", "--episodes", "1", "--seed", "5"]) == 0
+    return out
+
+
+def test_manifest_and_sample_kinds(sim_data):
+    manifest = json.loads((sim_data / "manifest.json").read_text())
+    records = json.loads((sim_data / "llava.json").read_text())
+    assert manifest["samples"] == len(records) and manifest["images"] == len({r["image"] for r in records})
+    assert {"pope", "colour", "shape", "count", "describe", "nav"} <= set(manifest["by_kind"])
+    assert {r["conversations"][1]["value"] for r in records if r["kind"] == "nav"} <= set(ACTIONS)
+    assert {r["conversations"][1]["value"] for r in records if r["kind"] == "pope"} == {"Yes", "No"}
+    splits = {r.get("split") for r in records if r["kind"] == "pope"}
+    assert {"random", "popular", "adversarial"} <= splits
+    assert all((sim_data / r["image"]).is_file() for r in records)
+
+
+def test_pope_negatives_are_absent_and_positives_visible(sim_data):
+    records = json.loads((sim_data / "llava.json").read_text())
+    by_image: dict[str, dict[str, str]] = {}
+    for r in records:
+        if r["kind"] == "pope":
+            label = r["conversations"][0]["value"].removeprefix("<image>\nIs there a ").removesuffix(" in the image?")
+            by_image.setdefault(r["image"], {})[label] = r["conversations"][1]["value"]
+    for answers in by_image.values():
+        yes = {label for label, a in answers.items() if a == "Yes"}
+        no = {label for label, a in answers.items() if a == "No"}
+        assert not yes & no
+
+
+def test_files_feed_the_training_loaders(sim_data, tokenizer, tmp_path, tokenizer_path):
+    llava = ConversationDataset(sim_data / "llava.json", tokenizer, "v1", 256, image_size=112, visual_tokens=16)
+    sample = llava[0]
+    assert sample["ids"].count(IMAGE_TOKEN_INDEX) == 1 and sample["pixels"].shape == (3, 112, 112)
+    assert any(label != IGNORE_INDEX for label in sample["labels"])
+    sft = ConversationDataset(sim_data / "sharegpt.json", tokenizer, "v1", 256)
+    assert sft[0]["pixels"] is None
+    manifest = tokenize_corpus([sim_data / "corpus.txt"], tokenizer_path, tmp_path / "tokens")
+    assert manifest["documents"] > 0 and len(PackedDataset(tmp_path / "tokens", 32)) > 0
