@@ -166,6 +166,18 @@ def cmd_sim_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_sim(args: argparse.Namespace) -> int:
+    """Score a model on held-out simulator seeds (POPE per split, colour/shape QA, closed-loop navigation),
+    beside the oracle (upper bound) and a random policy. --json prints one object."""
+    from mobilevlm_agent.eval.sim_eval import evaluate, format_table
+    from mobilevlm_agent.model.vlm import MobileVLM
+
+    model = MobileVLM.from_pretrained(args.model, device=args.device) if args.model else None
+    report = evaluate(model, args.episodes, args.seed)
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilevlm-agent", description="On-board MobileVLM for robots: ask, inspect and convert models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -235,6 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="dataset seed; scene seeds derive from it")
     p.add_argument("--views", type=int, default=8, help="camera views per scene for QA (default 8)")
     p.add_argument("--episodes", type=int, default=2, help="oracle navigation episodes per scene (default 2)")
+
+    ev = sub.add_parser("eval", help="Evaluation harnesses.", description="Evaluation harnesses.")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="COMMAND")
+    doc = (cmd_eval_sim.__doc__ or "").strip()
+    p = ev_sub.add_parser("sim", help=doc.splitlines()[0], description=doc)
+    p.set_defaults(fn=cmd_eval_sim)
+    p.add_argument("--model", help="checkpoint directory (omit to score only the oracle and random baselines)")
+    p.add_argument("--episodes", type=int, default=20, help="navigation episodes (questions come from half as many scenes)")
+    p.add_argument("--seed", type=int, default=0, help="held-out evaluation seed")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="one JSON object")
 
     p = add("train", cmd_train)
     p.add_argument("recipe", help="recipe YAML or shipped recipe name")

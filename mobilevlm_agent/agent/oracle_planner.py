@@ -1,0 +1,16 @@
+"""The oracle as a Planner (the dummy adapter): reads ground truth from the simulator it is attached to."""
+from __future__ import annotations
+
+import numpy as np
+
+from mobilevlm_agent.sim.oracle import oracle_action
+from mobilevlm_agent.sim.scene import ObjectSpec
+from mobilevlm_agent.sim.world import SimEnv
+
+
+class OraclePlanner:
+    def __init__(self, env: SimEnv, target: ObjectSpec) -> None:
+        self.env, self.target = env, target
+
+    def next_action(self, image: np.ndarray, instruction: str, history: list[str]) -> str:
+        return oracle_action(self.env, self.target)

@@ -1,0 +1,62 @@
+"""Planners choose the next action on the closed grammar. The model planner can only ever pick a grammar word."""
+from __future__ import annotations
+
+import random
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from mobilevlm_agent.agent.actions import ACTIONS
+from mobilevlm_agent.chat import ChatSession
+from mobilevlm_agent.conversation import Conversation
+from mobilevlm_agent.model.vlm import MobileVLM
+from mobilevlm_agent.sim.dataset import nav_prompt
+
+
+class Planner(Protocol):
+    def next_action(self, image: np.ndarray, instruction: str, history: list[str]) -> str: ...
+
+
+class RandomPlanner:
+    """The lower bound: uniformly random grammar actions (seeded)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = random.Random(seed)
+
+    def next_action(self, image: np.ndarray, instruction: str, history: list[str]) -> str:
+        return self.rng.choice(ACTIONS)
+
+
+def score_choices(session: ChatSession, prompt: str, choices: tuple[str, ...]) -> list[float]:
+    """Log-likelihood of each complete reply (closing EOS included) after the prompt, with the session's image.
+
+    Scoring every allowed reply, instead of free decoding, makes an answer outside `choices` impossible.
+    """
+    model, tok = session.model, session.tokenizer
+    conv = Conversation(session.template)
+    conv.add_user(prompt, with_image=session.image_features is not None)
+    conv.add_assistant(None)
+    prompt_ids = tok.encode_with_image(conv.prompt())
+    scores = []
+    with torch.inference_mode():
+        prefix = model.embed(prompt_ids, session.image_features if session.image_features is not None else None)
+        for choice in choices:
+            reply = tok.encode(choice + session.template.seps[1], bos=False)
+            embeds = torch.cat([prefix, model.llm.embed_tokens(torch.tensor([reply], device=model.device))], dim=1)
+            model.llm.clear_cache()
+            logits = model.llm(inputs_embeds=embeds)[0, prefix.shape[1] - 1 : -1].float().log_softmax(-1)
+            scores.append(float(logits.gather(1, torch.tensor(reply, device=model.device)[:, None]).sum()))
+    return scores
+
+
+class ModelPlanner:
+    """MobileVLM as the planner: the current view plus instruction and recent actions -> the likeliest grammar action."""
+
+    def __init__(self, model: MobileVLM) -> None:
+        self.session = ChatSession(model)
+
+    def next_action(self, image: np.ndarray, instruction: str, history: list[str]) -> str:
+        self.session.set_image(image)
+        scores = score_choices(self.session, nav_prompt(instruction, history), ACTIONS)
+        return ACTIONS[int(np.argmax(scores))]

@@ -1,0 +1,132 @@
+"""`eval sim`: POPE (per split), colour/shape QA and closed-loop navigation on held-out simulator seeds.
+
+The model, the oracle (ground truth: the upper bound) and a seeded random policy are scored on the same episodes.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+
+import numpy as np
+from tqdm import tqdm
+
+from mobilevlm_agent.agent.actions import ACTIONS
+from mobilevlm_agent.agent.loop import Agent, run_episode
+from mobilevlm_agent.agent.oracle_planner import OraclePlanner
+from mobilevlm_agent.agent.planner import ModelPlanner, RandomPlanner, score_choices
+from mobilevlm_agent.agent.safety import SafetyGovernor, SafetyLimits
+from mobilevlm_agent.chat import ChatSession
+from mobilevlm_agent.model.vlm import MobileVLM
+from mobilevlm_agent.sim.dataset import NAV_TEMPLATES, qa_samples, random_pose, view_towards
+from mobilevlm_agent.sim.oracle import ARRIVE
+from mobilevlm_agent.sim.scene import COLOURS, SHAPES
+from mobilevlm_agent.sim.world import SimEnv
+
+HELD_OUT = 1_000_000  # eval scene seeds start here; `sim dataset` seeds stay far below
+
+
+def pope_metrics(pairs: list[tuple[str, str]]) -> dict[str, float]:
+    """(truth, prediction) of Yes/No -> accuracy, precision, recall, F1, yes-ratio (POPE's definitions)."""
+    tp = sum(t == "Yes" and p == "Yes" for t, p in pairs)
+    fp = sum(t == "No" and p == "Yes" for t, p in pairs)
+    fn = sum(t == "Yes" and p == "No" for t, p in pairs)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "accuracy": sum(t == p for t, p in pairs) / len(pairs),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "yes_ratio": sum(p == "Yes" for _, p in pairs) / len(pairs),
+    }
+
+
+CHOICES = {"pope": ("Yes", "No"), "colour": tuple(COLOURS), "shape": SHAPES}
+
+
+def question_set(episodes: int, seed: int) -> list[tuple[np.ndarray, dict]]:
+    """(image, question) pairs from held-out scenes; POPE positives are balanced with each split's negatives."""
+    rng, env, out = random.Random(seed), SimEnv(), []
+    for e in range(episodes):
+        env.reset(seed=HELD_OUT + seed * 1000 + e)
+        for _ in range(3):
+            env.teleport(*view_towards(rng, env))
+            visible = env.visible_objects()
+            if visible:
+                image = env.render()
+                out += [(image, qa) for qa in qa_samples(rng, env, visible, popular=[]) if qa["kind"] in CHOICES]
+    env.close()
+    return out
+
+
+def answer_all(questions, answer) -> dict:
+    """Score an answering function on the question set: POPE per split, colour/shape accuracy."""
+    pope: dict[str, list] = defaultdict(list)
+    positives, qa = [], []
+    for image, q in questions:
+        prediction = answer(image, q)
+        if q["kind"] == "pope":
+            (positives if q["split"] == "positive" else pope[q["split"]]).append((q["a"], prediction))
+        else:
+            qa.append(prediction == q["a"])
+    return {"pope": {split: pope_metrics(pairs + positives[: len(pairs)]) for split, pairs in pope.items()},
+            "qa_accuracy": sum(qa) / max(1, len(qa))}
+
+
+def navigate_all(episodes: int, seed: int, make_planner) -> dict:
+    rng, env = random.Random(seed), SimEnv()
+    success, spl, collisions, steps = [], [], 0, []
+    for e in tqdm(range(episodes), desc="nav", leave=False):
+        env.reset(seed=HELD_OUT + seed * 1000 + e)
+        env.teleport(*random_pose(rng, env))
+        target = env.scene.objects[0]
+        shortest = max(0.0, env.distance_to(target) - ARRIVE)
+        path, last = [0.0], env.odometry()
+
+        def track(obs, decision):
+            path[0] += math.hypot(obs.odom.x - track.last.x, obs.odom.y - track.last.y)
+            track.last = obs.odom
+
+        track.last = last
+        agent = Agent(make_planner(env, target), SafetyGovernor(SafetyLimits(max_linear=0.6, max_angular=1.5, max_linear_accel=10, max_angular_accel=20), dry_run=False), max_steps=80)
+        episode = run_episode(agent, env, rng.choice(NAV_TEMPLATES).format(target.label), on_step=track)
+        ok = env.nav_success(target)
+        success.append(ok)
+        spl.append(ok * shortest / max(path[0], shortest, 1e-6))
+        collisions += env.collisions > 0
+        steps.append(episode.steps)
+    env.close()
+    return {"success_rate": float(np.mean(success)), "spl": float(np.mean(spl)), "collisions": collisions, "mean_steps": float(np.mean(steps))}
+
+
+def evaluate(model: MobileVLM | None, episodes: int, seed: int) -> dict:
+    questions = question_set(max(1, episodes // 2), seed)
+    rng = random.Random(seed)
+    report = {
+        "episodes": episodes, "seed": seed, "questions": len(questions),
+        "oracle": {**answer_all(questions, lambda image, q: q["a"]), "nav": navigate_all(episodes, seed, lambda env, t: OraclePlanner(env, t))},
+        "random": {**answer_all(questions, lambda image, q: rng.choice(CHOICES[q["kind"]])), "nav": navigate_all(episodes, seed, lambda env, t: RandomPlanner(seed))},
+    }
+    if model is not None:
+        session = ChatSession(model)
+
+        def model_answer(image, q):
+            session.set_image(image)
+            scores = score_choices(session, q["q"], CHOICES[q["kind"]])
+            return CHOICES[q["kind"]][int(np.argmax(scores))]
+
+        report["model"] = {**answer_all(questions, model_answer), "nav": navigate_all(episodes, seed, lambda env, t: ModelPlanner(model))}
+    return report
+
+
+def format_table(report: dict) -> str:
+    rows = [("policy", "POPE F1 rand/pop/adv", "QA acc", "nav success", "SPL", "collisions", "steps")]
+    for name in ("model", "oracle", "random"):
+        if name in report:
+            r = report[name]
+            f1 = "/".join(f"{r['pope'][s]['f1']:.2f}" for s in ("random", "popular", "adversarial") if s in r["pope"])
+            n = r["nav"]
+            rows.append((name, f1, f"{r['qa_accuracy']:.2f}", f"{n['success_rate']:.2f}", f"{n['spl']:.2f}", str(n["collisions"]), f"{n['mean_steps']:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
