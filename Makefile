@@ -24,10 +24,7 @@ test-fast: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) -m "not slow"
 
 demo: setup
-	$(VENV)/bin/mobilevlm-agent init-random tiny-vlm $(DEMO_DIR)/model
-	$(PY) -c "import cv2, numpy as np; im = np.full((240, 320, 3), 90, np.uint8); cv2.rectangle(im, (40, 80), (130, 200), (0, 0, 230), -1); cv2.circle(im, (230, 140), 45, (0, 200, 0), -1); cv2.imwrite('$(DEMO_DIR)/scene.png', im)"
-	$(VENV)/bin/mobilevlm-agent info $(DEMO_DIR)/model
-	$(VENV)/bin/mobilevlm-agent ask --model $(DEMO_DIR)/model --image $(DEMO_DIR)/scene.png --prompt "What is in the image?" --max-new-tokens 32
+	$(VENV)/bin/mobilevlm-agent demo --seed 3 --out $(DEMO_DIR)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -178,6 +178,20 @@ def cmd_eval_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the agent in the simulator: answer a question about the view, then drive to the target.
+
+    Writes OUT/demo.mp4 (camera view beside a top-down map), OUT/trajectory.png and OUT/summary.json.
+    """
+    from mobilevlm_agent.model.vlm import MobileVLM
+    from mobilevlm_agent.sim.demo import run_demo
+
+    model = MobileVLM.from_pretrained(args.model, device=args.device) if args.model else None
+    planner = args.planner or ("model" if model is not None else "oracle")
+    run_demo(args.out, model, args.seed, args.instruction, args.question, planner, say=print)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilevlm-agent", description="On-board MobileVLM for robots: ask, inspect and convert models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -258,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="held-out evaluation seed")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="one JSON object")
+
+    p = add("demo", cmd_demo)
+    p.add_argument("--model", help="checkpoint directory (answers the question; plans unless --planner oracle)")
+    p.add_argument("--seed", type=int, default=0, help="scene seed")
+    p.add_argument("--instruction", help="navigation instruction (default: go to the scene's target object)")
+    p.add_argument("--question", default="What do you see?", help="question about the first view")
+    p.add_argument("--planner", choices=["model", "oracle"], help="who plans (default: model when --model is given, else oracle)")
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--out", default="build/demo", help="output directory (default build/demo)")
 
     p = add("train", cmd_train)
     p.add_argument("recipe", help="recipe YAML or shipped recipe name")
