@@ -196,11 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilevlm-agent", description="On-board MobileVLM for robots: ask, inspect and convert models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, fn) -> argparse.ArgumentParser:
+    def add(name: str, fn, parent=sub) -> argparse.ArgumentParser:
+        """A subcommand whose help is its function's docstring."""
         doc = (fn.__doc__ or "").strip()
-        p = sub.add_parser(name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = parent.add_parser(name, help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(fn=fn)
         return p
+
+    def group(name: str, text: str):
+        return sub.add_parser(name, help=text, description=text).add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
 
     p = add("ask", cmd_ask)
     p.add_argument("--model", required=True, help="checkpoint directory (config.json, weights, tokenizer.model)")
@@ -234,39 +238,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer.model to ship (default: train a small one offline)")
     p.add_argument("--dtype", choices=DTYPES, help="dtype of the written weights (default fp32)")
 
-    data = sub.add_parser("data", help="Prepare training data.", description="Prepare training data.")
-    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
-    doc = (cmd_data_tokenize.__doc__ or "").strip()
-    p = data_sub.add_parser("tokenize", help=doc.splitlines()[0], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.set_defaults(fn=cmd_data_tokenize)
+    p = add("tokenize", cmd_data_tokenize, group("data", "Prepare training data."))
     p.add_argument("inputs", nargs="+", help="corpus files")
     p.add_argument("--tokenizer", required=True, help="tokenizer.model")
     p.add_argument("--out", required=True, help="output directory for buckets, index and manifest")
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
 
-    sim = sub.add_parser("sim", help="The embedded simulator.", description="The embedded MuJoCo simulator.")
-    sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="COMMAND")
-    doc = (cmd_sim_export_gazebo.__doc__ or "").strip()
-    p = sim_sub.add_parser("export-gazebo", help=doc.splitlines()[0], description=doc)
-    p.set_defaults(fn=cmd_sim_export_gazebo)
+    sim = group("sim", "The embedded MuJoCo simulator.")
+    p = add("export-gazebo", cmd_sim_export_gazebo, sim)
     p.add_argument("--seed", type=int, default=0, help="procedural scene seed")
     p.add_argument("--scene", help="a scene YAML instead of a generated one")
     p.add_argument("--out", required=True, help="output directory")
 
-    doc = (cmd_sim_dataset.__doc__ or "").strip()
-    p = sim_sub.add_parser("dataset", help=doc.splitlines()[0], description=doc)
-    p.set_defaults(fn=cmd_sim_dataset)
+    p = add("dataset", cmd_sim_dataset, sim)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--scenes", type=int, default=20, help="procedural scenes (default 20)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; scene seeds derive from it")
     p.add_argument("--views", type=int, default=8, help="camera views per scene for QA (default 8)")
     p.add_argument("--episodes", type=int, default=2, help="oracle navigation episodes per scene (default 2)")
 
-    ev = sub.add_parser("eval", help="Evaluation harnesses.", description="Evaluation harnesses.")
-    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="COMMAND")
-    doc = (cmd_eval_sim.__doc__ or "").strip()
-    p = ev_sub.add_parser("sim", help=doc.splitlines()[0], description=doc)
-    p.set_defaults(fn=cmd_eval_sim)
+    p = add("sim", cmd_eval_sim, group("eval", "Evaluation harnesses."))
     p.add_argument("--model", help="checkpoint directory (omit to score only the oracle and random baselines)")
     p.add_argument("--episodes", type=int, default=20, help="navigation episodes (questions come from half as many scenes)")
     p.add_argument("--seed", type=int, default=0, help="held-out evaluation seed")

@@ -68,8 +68,7 @@ def scene_sdf(scene: SceneSpec, cfg: SimConfig = SimConfig()) -> str:
     li = scene.light_intensity
     walls = "".join(
         _static_model(f"wall{i}", f"{x} {y} {h / 2} 0 0 0", f"<box><size>{2 * sx} {2 * sy} {h}</size></box>", scene.wall_rgb)
-        for i, (x, y, sx, sy) in enumerate([(0, d / 2 + 0.05, w / 2 + 0.1, 0.05), (0, -d / 2 - 0.05, w / 2 + 0.1, 0.05),
-                                            (w / 2 + 0.05, 0, 0.05, d / 2 + 0.1), (-w / 2 - 0.05, 0, 0.05, d / 2 + 0.1)]))
+        for i, (x, y, sx, sy) in enumerate(scene.wall_boxes()))
     objects = "".join(_static_model(o.name, f"{o.x} {o.y} {o.height} 0 0 {o.yaw}", object_geometry(o), COLOURS[o.colour]) for o in scene.objects)
     floor = _static_model("floor", "0 0 0 0 0 0", f"<plane><normal>0 0 1</normal><size>{w + 2} {d + 2}</size></plane>", scene.floor_rgb)
     return f"""<?xml version="1.0"?>

@@ -80,6 +80,12 @@ class SceneSpec:
     def object(self, name: str) -> ObjectSpec:
         return next(o for o in self.objects if o.name == name)
 
+    def wall_boxes(self) -> list[tuple[float, float, float, float]]:
+        """The four walls as (centre x, centre y, half x, half y), 10 cm thick, just outside the room."""
+        w, d = self.room
+        return [(0, d / 2 + 0.05, w / 2 + 0.1, 0.05), (0, -d / 2 - 0.05, w / 2 + 0.1, 0.05),
+                (w / 2 + 0.05, 0, 0.05, d / 2 + 0.1), (-w / 2 - 0.05, 0, 0.05, d / 2 + 0.1)]
+
 
 def json_ready(value):
     if isinstance(value, (tuple, list)):

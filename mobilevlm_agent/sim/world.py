@@ -44,8 +44,7 @@ def scene_xml(scene: SceneSpec, cfg: SimConfig) -> str:
               f'<material name="floor" rgba="{floor[0]} {floor[1]} {floor[2]} 1"/>'
     walls = "".join(
         f'<geom name="wall{i}" type="box" pos="{x} {y} {h / 2}" size="{sx} {sy} {h / 2}" rgba="{scene.wall_rgb[0]} {scene.wall_rgb[1]} {scene.wall_rgb[2]} 1"/>'
-        for i, (x, y, sx, sy) in enumerate([(0, d / 2 + 0.05, w / 2 + 0.1, 0.05), (0, -d / 2 - 0.05, w / 2 + 0.1, 0.05),
-                                            (w / 2 + 0.05, 0, 0.05, d / 2 + 0.1), (-w / 2 - 0.05, 0, 0.05, d / 2 + 0.1)]))
+        for i, (x, y, sx, sy) in enumerate(scene.wall_boxes()))
     objects = "".join(object_xml(o) for o in scene.objects)
     lx, ly, lz = scene.light_dir
     li = scene.light_intensity
