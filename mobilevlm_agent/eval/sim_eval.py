@@ -11,7 +11,6 @@ from collections import defaultdict
 import numpy as np
 from tqdm import tqdm
 
-from mobilevlm_agent.agent.actions import ACTIONS
 from mobilevlm_agent.agent.loop import Agent, run_episode
 from mobilevlm_agent.agent.oracle_planner import OraclePlanner
 from mobilevlm_agent.agent.planner import ModelPlanner, RandomPlanner, score_choices

@@ -1,7 +1,6 @@
 """Simulator: determinism, physics sanity (walls, limits), visibility ground truth, the oracle, Gazebo export."""
 from __future__ import annotations
 
-import math
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -14,7 +13,7 @@ from mobilevlm_agent.errors import ConfigError
 from mobilevlm_agent.sim.gazebo import export_gazebo
 from mobilevlm_agent.sim.oracle import oracle_action
 from mobilevlm_agent.sim.scene import Difficulty, ObjectSpec, SceneSpec, generate_scene
-from mobilevlm_agent.sim.world import ROBOT_RADIUS, SimConfig, SimEnv
+from mobilevlm_agent.sim.world import ROBOT_RADIUS, SimEnv
 
 
 @pytest.fixture
