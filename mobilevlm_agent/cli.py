@@ -125,6 +125,26 @@ def cmd_data_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_train_tokenizer(args: argparse.Namespace) -> int:
+    """Train a LLaMA-style SentencePiece BPE tokenizer (<unk>=0, <s>=1, </s>=2, byte fallback) on text files.
+
+    .txt: a line per sentence; .json/.jsonl (LLaVA/ShareGPT): every conversation turn.
+    """
+    from mobilevlm_agent.tokenizer import train_tokenizer
+    from mobilevlm_agent.train.datasets import read_records
+
+    def texts():
+        for path in args.inputs:
+            if path.endswith(".txt"):
+                yield from (line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
+            else:
+                for record in read_records(path):
+                    yield from (str(turn.get("value", "")).replace("<image>", "") for turn in record.get("conversations", []))
+
+    print(f"wrote {train_tokenizer(texts(), args.out, vocab_size=args.vocab_size)}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one stage of the recipe in this process (use `torchrun -m mobilevlm_agent.train` for many).
 
@@ -238,7 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer.model to ship (default: train a small one offline)")
     p.add_argument("--dtype", choices=DTYPES, help="dtype of the written weights (default fp32)")
 
-    p = add("tokenize", cmd_data_tokenize, group("data", "Prepare training data."))
+    data = group("data", "Prepare training data.")
+    p = add("train-tokenizer", cmd_data_train_tokenizer, data)
+    p.add_argument("inputs", nargs="+", help=".txt, .json or .jsonl files")
+    p.add_argument("--out", required=True, help="tokenizer.model to write")
+    p.add_argument("--vocab-size", type=int, default=1024)
+
+    p = add("tokenize", cmd_data_tokenize, data)
     p.add_argument("inputs", nargs="+", help="corpus files")
     p.add_argument("--tokenizer", required=True, help="tokenizer.model")
     p.add_argument("--out", required=True, help="output directory for buckets, index and manifest")

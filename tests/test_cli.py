@@ -84,3 +84,15 @@ def test_library_never_imports_transformers_or_rclpy(official_checkpoint, scene_
 def test_sim_export_gazebo_command(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "sim", "export-gazebo", "--seed", 2, "--out", tmp_path)
     assert code == 0 and {"world.sdf", "bridge.yaml", "scene.yaml"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_train_tokenizer_from_text_and_conversations(capsys, tmp_path):
+    (tmp_path / "c.txt").write_text("the red cube is ahead\nthe blue ball is on the left\n" * 20)
+    (tmp_path / "d.json").write_text(json.dumps([{"conversations": [{"from": "human", "value": "<image>\nWhat colour is the cube?"}, {"from": "gpt", "value": "red"}]}] * 20))
+    code, out, _ = run_cli(capsys, "data", "train-tokenizer", tmp_path / "c.txt", tmp_path / "d.json", "--out", tmp_path / "tok.model", "--vocab-size", 300)
+    assert code == 0
+    from mobilevlm_agent.tokenizer import Tokenizer
+
+    tok = Tokenizer(tmp_path / "tok.model")
+    assert (tok.bos_id, tok.eos_id) == (1, 2) and tok.decode(tok.encode("What colour is the cube?")) == "What colour is the cube?"
+    assert "<image>" not in tok.sp.id_to_piece(list(range(tok.vocab_size)))
