@@ -40,13 +40,17 @@ def score_choices(session: ChatSession, prompt: str, choices: tuple[str, ...]) -
     prompt_ids = tok.encode_with_image(conv.prompt())
     scores = []
     with torch.inference_mode():
-        prefix = model.embed(prompt_ids, session.image_features if session.image_features is not None else None)
-        for choice in choices:
-            reply = tok.encode(choice + session.template.seps[1], bos=False)
-            embeds = torch.cat([prefix, model.llm.embed_tokens(torch.tensor([reply], device=model.device))], dim=1)
-            model.llm.clear_cache()
-            logits = model.llm(inputs_embeds=embeds)[0, prefix.shape[1] - 1 : -1].float().log_softmax(-1)
-            scores.append(float(logits.gather(1, torch.tensor(reply, device=model.device)[:, None]).sum()))
+        prefix = model.embed(prompt_ids, session.image_features)
+        replies = [tok.encode(choice + session.template.seps[1], bos=False) for choice in choices]
+        start = prefix.shape[1]
+        model.llm.setup_cache(1, start + max(len(r) for r in replies))
+        model.llm.cache_owner = score_choices  # the chat session must not reuse what follows the prefix
+        first = model.llm.prefill(prefix)[0].float().log_softmax(-1)  # the prompt runs once, for every choice
+        for reply in replies:
+            ids = torch.tensor([reply], device=model.device)
+            rest = model.llm(input_ids=ids[:, :-1], start=start)[0].float().log_softmax(-1) if len(reply) > 1 else first[:0]
+            logprobs = torch.cat([first[None], rest])  # predicts reply[0], reply[1], ...
+            scores.append(float(logprobs.gather(1, ids[0][:, None]).sum()))
     return scores
 
 

@@ -81,18 +81,18 @@ def navigate_all(episodes: int, seed: int, make_planner) -> dict:
         env.teleport(*random_pose(rng, env))
         target = env.scene.objects[0]
         shortest = max(0.0, env.distance_to(target) - ARRIVE)
-        path, last = [0.0], env.odometry()
+        travelled, last = 0.0, env.odometry()
 
         def track(obs, decision):
-            path[0] += math.hypot(obs.odom.x - track.last.x, obs.odom.y - track.last.y)
-            track.last = obs.odom
+            nonlocal travelled, last
+            travelled += math.hypot(obs.odom.x - last.x, obs.odom.y - last.y)
+            last = obs.odom
 
-        track.last = last
         agent = Agent(make_planner(env, target), SafetyGovernor(SafetyLimits(max_linear=0.6, max_angular=1.5, max_linear_accel=10, max_angular_accel=20), dry_run=False), max_steps=80)
         episode = run_episode(agent, env, rng.choice(NAV_TEMPLATES).format(target.label), on_step=track)
         ok = env.nav_success(target)
         success.append(ok)
-        spl.append(ok * shortest / max(path[0], shortest, 1e-6))
+        spl.append(ok * shortest / max(travelled, shortest, 1e-6))
         collisions += env.collisions > 0
         steps.append(episode.steps)
     env.close()

@@ -45,7 +45,7 @@ def describe(env: SimEnv, visible: list[ObjectSpec]) -> str:
     return "I see " + ", ".join(f"a {o.label} {where(env, o)}" for o in ordered) + "."
 
 
-def pope_negatives(rng: random.Random, visible: list[ObjectSpec], scene_objects: list[ObjectSpec], popular: list[str]) -> dict[str, str]:
+def pope_negatives(rng: random.Random, visible: list[ObjectSpec], popular: list[str]) -> dict[str, str]:
     """One absent label per POPE split: random, popular (frequent in the data), adversarial (shares colour or shape)."""
     present = {o.label for o in visible}
     all_labels = [f"{c} {s}" for c in COLOURS for s in SHAPES]
@@ -65,7 +65,7 @@ def qa_samples(rng: random.Random, env: SimEnv, visible: list[ObjectSpec], popul
            {"q": "How many objects can you see?", "a": str(len(visible)), "kind": "count"}]
     for obj in visible:
         out.append({"q": existence_question(obj.label), "a": "Yes", "kind": "pope", "split": "positive"})
-    for split, label in pope_negatives(rng, visible, list(env.scene.objects), popular).items():
+    for split, label in pope_negatives(rng, visible, popular).items():
         out.append({"q": existence_question(label), "a": "No", "kind": "pope", "split": split})
     shapes, colours = Counter(o.shape for o in visible), Counter(o.colour for o in visible)
     for obj in visible:

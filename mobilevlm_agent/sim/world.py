@@ -112,6 +112,7 @@ class SimEnv:
         self.robot_geom = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, "robot")
         self.robot_body = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, "robot")
         self.camera = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, "front")
+        self.object_geoms = {o.name: mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, o.name) for o in self.scene.objects}
         self.command = Twist()  # the velocity actually applied, after acceleration limits
         self.collisions = 0
         self.last_collided = False
@@ -201,7 +202,7 @@ class SimEnv:
         half_h = math.atan(math.tan(half_v) * self.config.width / self.config.height)
         visible = []
         for obj in self.scene.objects:
-            gid = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_GEOM, obj.name)
+            gid = self.object_geoms[obj.name]
             for dz in (0.0, 0.6 * obj.height, -0.6 * obj.height):
                 point = np.array([obj.x, obj.y, obj.height + dz])
                 local = cam_rot.T @ (point - cam_pos)
