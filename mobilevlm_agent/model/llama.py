@@ -149,14 +149,16 @@ class MobileLLaMA(nn.Module):
             max_seq = max(max_seq, 2 * old.max_seq)  # grow geometrically: few copies over a long chat
         max_seq = (max_seq + 63) // 64 * 64
         p = self.embed_tokens.weight
-        for layer in self.layers:
-            a = layer.self_attn
-            new = KVCache(batch, a.n_kv, max_seq, a.head_dim, p.dtype, p.device)
-            if a.kv_cache is not None:
-                keep_b, keep_s = min(batch, a.kv_cache.k.shape[0]), a.kv_cache.max_seq
-                new.k[:keep_b, :, :keep_s] = a.kv_cache.k[:keep_b]
-                new.v[:keep_b, :, :keep_s] = a.kv_cache.v[:keep_b]
-            a.kv_cache = new
+        # normal tensors even when called under inference_mode, so later no_grad forwards may still write them
+        with torch.inference_mode(False), torch.no_grad():
+            for layer in self.layers:
+                a = layer.self_attn
+                new = KVCache(batch, a.n_kv, max_seq, a.head_dim, p.dtype, p.device)
+                if a.kv_cache is not None:
+                    keep_b, keep_s = min(batch, a.kv_cache.k.shape[0]), a.kv_cache.max_seq
+                    new.k[:keep_b, :, :keep_s] = a.kv_cache.k[:keep_b]
+                    new.v[:keep_b, :, :keep_s] = a.kv_cache.v[:keep_b]
+                a.kv_cache = new
 
     def clear_cache(self) -> None:
         for layer in self.layers:

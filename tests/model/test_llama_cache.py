@@ -61,3 +61,13 @@ def test_growing_the_cache_keeps_its_contents(llm):
         rest = llm.forward(ids[:, 10:], start=10)
     llm.clear_cache()
     torch.testing.assert_close(rest, full[:, 10:], atol=1e-5, rtol=1e-5)
+
+
+def test_cache_made_under_inference_mode_is_writable_later(llm):
+    ids = torch.randint(0, llm.config.vocab_size, (1, 8))
+    with torch.inference_mode():
+        llm.setup_cache(1, 32)
+        llm.prefill(llm.embed_tokens(ids))
+    with torch.no_grad():
+        llm.forward(ids[:, :2], start=8)  # writes the cache outside inference mode
+    llm.clear_cache()
