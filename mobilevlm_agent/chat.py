@@ -13,7 +13,7 @@ from mobilevlm_agent.conversation import Conversation, get_template
 from mobilevlm_agent.errors import ContextLengthError, InputError
 from mobilevlm_agent.generate import SamplingParams, TextStream, generate_tokens
 from mobilevlm_agent.model.vlm import MobileVLM
-from mobilevlm_agent.preprocess import load_image, preprocess
+from mobilevlm_agent.preprocess import load_image
 from mobilevlm_agent.tokenizer import IMAGE_TOKEN_INDEX
 
 
@@ -64,15 +64,17 @@ class ChatSession:
         """Encode an image (RGB uint8 array or file path) once; start a new conversation. Returns ms spent."""
         t0 = time.perf_counter()
         rgb = image if isinstance(image, np.ndarray) else load_image(image)
-        cfg = self.model.config
-        if cfg.vision is None:
-            raise InputError(f"{cfg.name} is a text-only model: it cannot take an image")
-        pixels = preprocess(rgb, cfg.vision.image_size, pad_to_square=cfg.image_aspect_ratio == "pad")
-        with torch.inference_mode():
-            self.image_features = self.model.encode_images(pixels)
+        self.set_image_features(self.model.encode_rgb(rgb))
+        return (time.perf_counter() - t0) * 1000
+
+    def set_image_features(self, features: torch.Tensor) -> None:
+        """Use visual tokens computed elsewhere (e.g. by an encoder process): [1, num_visual_tokens, llm hidden]."""
+        expected = (1, self.model.config.num_visual_tokens, self.model.config.llm.hidden_size)
+        if tuple(features.shape) != expected:
+            raise InputError(f"visual tokens must have shape {list(expected)} for {self.model.config.name}, got {list(features.shape)}")
+        self.image_features = features.to(self.model.device, self.model.dtype)
         self._image_id += 1
         self.reset()
-        return (time.perf_counter() - t0) * 1000
 
     def ask(self, question: str, image=None, params: SamplingParams = SamplingParams(), on_text: Callable[[str], None] | None = None) -> Answer:
         """Answer a question; `on_text` receives the answer as it streams."""

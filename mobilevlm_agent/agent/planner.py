@@ -62,5 +62,10 @@ class ModelPlanner:
 
     def next_action(self, image: np.ndarray, instruction: str, history: list[str]) -> str:
         self.session.set_image(image)
-        scores = score_choices(self.session, nav_prompt(instruction, history), ACTIONS)
-        return ACTIONS[int(np.argmax(scores))]
+        return choose_action(self.session, instruction, history)[0]
+
+
+def choose_action(session: ChatSession, instruction: str, history: list[str]) -> tuple[str, dict[str, float]]:
+    """The likeliest grammar action for the session's current image, and every action's log-likelihood."""
+    scores = score_choices(session, nav_prompt(instruction, history), ACTIONS)
+    return ACTIONS[int(np.argmax(scores))], dict(zip(ACTIONS, scores))

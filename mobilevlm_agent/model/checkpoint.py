@@ -231,10 +231,22 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> MobileVLM:
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """A checkpoint directory, or the name of a bundled one (e.g. `demo` -> models/demo)."""
+    from mobilevlm_agent.model.config import config_dirs
+
     directory = Path(path)
-    if not directory.is_dir():
-        raise CheckpointError(f"model directory not found: {directory}")
+    if directory.is_dir():
+        return directory
+    if directory.name == str(path):
+        for base in config_dirs():
+            if (base / directory.name / "config.json").is_file():
+                return base / directory.name
+    raise CheckpointError(f"model directory not found: {path} (give a checkpoint directory, or a bundled name such as 'demo')")
+
+
+def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> MobileVLM:
+    directory = resolve_model_dir(path)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{directory} has no config.json")

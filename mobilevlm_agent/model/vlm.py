@@ -58,6 +58,16 @@ class MobileVLM(nn.Module):
         features = self.vision(pixel_values.to(device=p.device, dtype=p.dtype))
         return self.projector(features).to(self.dtype)
 
+    def encode_rgb(self, rgb) -> torch.Tensor:
+        """One RGB uint8 [H, W, 3] frame -> visual tokens [1, N_visual, H], preprocessed as the model was trained."""
+        from mobilevlm_agent.preprocess import preprocess
+
+        if self.config.vision is None:
+            raise InputError(f"{self.config.name} is a text-only model: it cannot take an image")
+        pixels = preprocess(rgb, self.config.vision.image_size, pad_to_square=self.config.image_aspect_ratio == "pad")
+        with torch.inference_mode():
+            return self.encode_images(pixels)
+
     def embed(self, ids: list[int], image_features: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids with IMAGE_TOKEN_INDEX placeholders -> input embeddings [1, L, H].
 

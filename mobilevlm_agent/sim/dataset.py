@@ -132,6 +132,8 @@ def write_dataset(out_dir: str | Path, cfg: DatasetConfig = DatasetConfig()) -> 
     for obj_label in label_counts:
         corpus.append(f"The {obj_label} is in the room. Go to the {obj_label}.")
     (out / "llava.json").write_text(json.dumps(llava))
+    # Stage 2a (plain template, no question) only makes sense on captions, as in the paper's caption pretraining.
+    (out / "captions.json").write_text(json.dumps([r for r in llava if r["kind"] == "describe"]))
     (out / "corpus.txt").write_text("\n".join(corpus) + "\n")
     (out / "sharegpt.json").write_text(json.dumps(dialogues))
     kinds = Counter(r["kind"] for r in llava)

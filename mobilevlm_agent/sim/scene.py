@@ -104,7 +104,8 @@ class Difficulty:
     same_colour_distractors: int = 1  # objects sharing the target's colour, different shape
     same_shape_distractors: int = 1  # objects sharing the target's shape, different colour
     clutter: float = 0.0  # 0..1: shrinks the spacing between objects
-    room_range: tuple[float, float] = (5.0, 7.0)
+    room_range: tuple[float, float] = (4.5, 6.0)
+    size_range: tuple[float, float] = (0.14, 0.24)  # half-extent, metres: big enough to resolve at the demo model's 168 px
 
 
 def generate_scene(seed: int, difficulty: Difficulty = Difficulty()) -> SceneSpec:
@@ -123,10 +124,10 @@ def generate_scene(seed: int, difficulty: Difficulty = Difficulty()) -> SceneSpe
         if kind != target:
             kinds.append(kind)
     start = (round(rng.uniform(-width / 4, width / 4), 3), round(rng.uniform(-depth / 4, depth / 4), 3), round(rng.uniform(-math.pi, math.pi), 3))
-    spacing = 1.0 - 0.5 * difficulty.clutter
+    spacing = 0.8 - 0.4 * difficulty.clutter  # free gap between object surfaces, metres
     placed: list[ObjectSpec] = []
     for i, (colour, shape) in enumerate(kinds):
-        size = round(rng.uniform(0.10, 0.18), 3)
+        size = round(rng.uniform(*difficulty.size_range), 3)
         for _ in range(500):
             x = rng.uniform(-width / 2 + 0.4, width / 2 - 0.4)
             y = rng.uniform(-depth / 2 + 0.4, depth / 2 - 0.4)
@@ -135,6 +136,8 @@ def generate_scene(seed: int, difficulty: Difficulty = Difficulty()) -> SceneSpe
                 placed.append(ObjectSpec(f"obj{i}", shape, colour, size, round(x, 3), round(y, 3), round(rng.uniform(0, math.pi), 3)))
                 break
         else:
+            if len(placed) >= difficulty.min_objects:
+                break  # a crowded room keeps the objects that fit
             raise ConfigError(f"scene seed {seed}: cannot place {n} objects in a {width}x{depth} m room; lower max_objects or clutter")
     return SceneSpec(room=(width, depth), objects=tuple(placed), robot_start=start, seed=seed,
                      light_intensity=round(rng.uniform(0.6, 1.0), 2), floor_checker=rng.random() < 0.7)

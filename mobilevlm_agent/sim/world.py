@@ -31,7 +31,7 @@ class SimConfig:
     max_linear_accel: float = 1.5  # m/s^2
     max_angular_accel: float = 4.0  # rad/s^2
     control_dt: float = 0.25  # default step length, seconds
-    view_range: float = 6.0  # metres: farther objects do not count as visible
+    view_range: float = 4.5  # metres: farther objects do not count as visible (too few pixels to tell apart)
 
 
 def scene_xml(scene: SceneSpec, cfg: SimConfig) -> str:
@@ -126,6 +126,11 @@ class SimEnv:
     # -- motion --------------------------------------------------------------------------------------------------
     def step(self, twist: Twist, dt: float | None = None) -> Observation:
         """Apply a body-frame twist for dt seconds (speed and acceleration limited, collisions resolved)."""
+        self.advance(twist, dt)
+        return self.observe()
+
+    def advance(self, twist: Twist, dt: float | None = None) -> None:
+        """`step` without rendering: for callers that render at their own (camera) rate."""
         cfg = self.config
         dt = cfg.control_dt if dt is None else dt
         target = Twist(
@@ -151,7 +156,6 @@ class SimEnv:
             collided |= self.touching()
         self.last_collided = collided
         self.collisions += collided
-        return self.observe()
 
     def touching(self) -> bool:
         for i in range(self.data.ncon):

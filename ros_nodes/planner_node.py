@@ -1,0 +1,194 @@
+"""planner_node: MobileLLaMA on the latest visual tokens. Queries -> streamed answers; plan requests -> grammar actions.
+
+Topics (relative, so a namespace applies):
+  agent/query (String)            -> agent/answer_stream (String, JSON chunks {id, seq, delta, done[, finish_reason]})
+                                  -> agent/answer (String, the full text)
+  agent/plan_request (String JSON {id, instruction, history}) -> agent/action (String JSON {id, action, scores, ...})
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from mobilevlm_agent.agent.actions import ACTIONS
+from mobilevlm_agent.agent.planner import choose_action
+from mobilevlm_agent.chat import ChatSession
+from mobilevlm_agent.errors import InputError, MobileVLMError
+from mobilevlm_agent.generate import SamplingParams
+from ros_nodes.messages import image_to_tokens, json_from_message, json_message, stamp_seconds, string_from_cdr
+from ros_nodes.model_node import ModelNode
+from ros_nodes.node_tools import LATEST_QOS, RELIABLE_QOS, Param, diagnostics, run
+
+PARAMS = (
+    Param("max_new_tokens", 64, "longest answer, in tokens"),
+    Param("temperature", 0.0, "answer sampling temperature (0 = greedy)"),
+    Param("max_query_chars", 2000, "longer queries are rejected and counted"),
+    Param("max_pending_queries", 4, "queries waiting beyond this are rejected and counted"),
+    Param("max_token_age_s", 2.0, "visual tokens older than this (by header stamp) are too stale to plan on"),
+    Param("diagnostics_period_s", 1.0, "seconds between /diagnostics messages"),
+)
+
+
+class PlannerNode(ModelNode):
+    def __init__(self, shared_model=None, **kwargs) -> None:
+        super().__init__("planner_node", PARAMS, shared_model, **kwargs)
+        self.jobs = threading.Condition()
+        self.queries: deque[tuple[int, str]] = deque()
+        self.plan_request: dict | None = None  # only the newest request matters
+        self.tokens: tuple[float, torch.Tensor] | None = None  # (stamp seconds, visual tokens)
+        self.stopping = False
+        self.query_id = 0
+        self.stats = {"queries": 0, "answers": 0, "plans": 0, "plans_superseded": 0, "ttft_ms": 0.0, "plan_ms": 0.0}
+        self.worker = threading.Thread(target=self.work_loop, name="planner", daemon=True)
+
+    def create_entities(self) -> None:
+        self.session = ChatSession(self.model)
+        self.create_subscription(String, "agent/query", self.on_query, RELIABLE_QOS, raw=True)
+        self.create_subscription(String, "agent/plan_request", self.on_plan_request, RELIABLE_QOS)
+        self.create_subscription(Image, "agent/visual_tokens", self.on_tokens, LATEST_QOS)
+        self.stream_pub = self.create_lifecycle_publisher(String, "agent/answer_stream", RELIABLE_QOS)
+        self.answer_pub = self.create_lifecycle_publisher(String, "agent/answer", RELIABLE_QOS)
+        self.action_pub = self.create_lifecycle_publisher(String, "agent/action", RELIABLE_QOS)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+        self.create_timer(self.p.diagnostics_period_s, self.publish_diagnostics)
+        if not self.worker.is_alive():
+            self.worker.start()
+
+    # --- callbacks: validate, enqueue, return at once ---
+    def on_tokens(self, msg: Image) -> None:
+        try:
+            tokens = image_to_tokens(msg)
+            expected = (self.model.config.num_visual_tokens, self.model.config.llm.hidden_size)
+            if tokens.shape != expected:
+                raise InputError(f"visual tokens {tokens.shape} do not fit {self.model.config.name} (expects {expected})")
+        except InputError as e:
+            self.counters.reject("bad_visual_tokens", e)
+            return
+        self.tokens = (stamp_seconds(msg.header.stamp), torch.from_numpy(tokens)[None])
+
+    def on_query(self, raw: bytes) -> None:
+        if not self.active:
+            self.counters.add("inactive")
+            return
+        try:
+            text = string_from_cdr(raw, self.p.max_query_chars).strip()
+            if not text:
+                raise InputError("empty query")
+        except InputError as e:
+            self.counters.reject("bad_query", e)
+            return
+        with self.jobs:
+            if len(self.queries) >= self.p.max_pending_queries:
+                self.counters.reject("queries_overflow", f"{len(self.queries)} queries already waiting")
+                return
+            self.query_id += 1
+            self.queries.append((self.query_id, text))
+            self.stats["queries"] += 1
+            self.jobs.notify()
+
+    def on_plan_request(self, msg: String) -> None:
+        if not self.active:
+            self.counters.add("inactive")
+            return
+        try:
+            request = json_from_message(msg)
+            if not isinstance(request.get("instruction"), str) or not request["instruction"].strip():
+                raise InputError("plan request needs a non-empty 'instruction' string")
+            history = request.get("history", [])
+            if not isinstance(history, list) or any(a not in ACTIONS for a in history):
+                raise InputError(f"plan request 'history' must be a list of {', '.join(ACTIONS)}")
+        except InputError as e:
+            self.counters.reject("bad_plan_request", e)
+            return
+        with self.jobs:
+            if self.plan_request is not None:
+                self.stats["plans_superseded"] += 1
+            self.plan_request = request
+            self.jobs.notify()
+
+    # --- the worker: the model runs here, one job at a time ---
+    def work_loop(self) -> None:
+        while True:
+            with self.jobs:
+                while not (self.queries or self.plan_request or self.stopping):
+                    self.jobs.wait(0.5)
+                if self.stopping:
+                    return
+                request, self.plan_request = self.plan_request, None
+                query = self.queries.popleft() if request is None else None  # planning first: the robot is waiting
+            try:
+                self.plan(request) if request is not None else self.answer(*query)
+            except MobileVLMError as e:
+                self.counters.reject("model_error", e)
+
+    def current_tokens(self) -> torch.Tensor | None:
+        if self.tokens is None:
+            return None
+        stamp, tokens = self.tokens
+        now = self.get_clock().now().nanoseconds * 1e-9
+        return tokens if now - stamp <= self.p.max_token_age_s else None
+
+    def plan(self, request: dict) -> None:
+        tokens = self.current_tokens()
+        if tokens is None:
+            self.counters.reject("no_fresh_visual_tokens", "plan request skipped: no visual tokens within max_token_age_s")
+            return
+        t0 = time.perf_counter()
+        self.session.set_image_features(tokens)
+        action, scores = choose_action(self.session, request["instruction"], request.get("history", []))
+        ms = (time.perf_counter() - t0) * 1000
+        self.stats["plans"] += 1
+        self.stats["plan_ms"] = ms
+        if self.active:
+            self.action_pub.publish(json_message({"id": request.get("id"), "action": action, "latency_ms": round(ms, 2),
+                                                  "image_stamp": self.tokens[0], "scores": {k: round(v, 3) for k, v in scores.items()}}))
+
+    def answer(self, query_id: int, text: str) -> None:
+        tokens = self.current_tokens()
+        if tokens is None:
+            self.session.image_features = None  # answer from text alone, and say so
+            self.counters.add("answered_without_image")
+        else:
+            self.session.set_image_features(tokens)
+        self.session.reset()
+        params = SamplingParams(max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature)
+        seq = 0
+        self.stream_pub.publish(json_message({"id": query_id, "seq": seq, "delta": "", "done": False, "query": text[:200]}))
+        try:
+            for delta in self.session.stream(text, params=params):
+                seq += 1
+                self.stream_pub.publish(json_message({"id": query_id, "seq": seq, "delta": delta, "done": False}))
+        except InputError as e:  # e.g. the prompt does not fit the context window
+            self.counters.reject("bad_query", e)
+            self.stream_pub.publish(json_message({"id": query_id, "seq": seq + 1, "delta": "", "done": True, "finish_reason": "error", "error": str(e)}))
+            return
+        answer = self.session.last_answer
+        self.stats["answers"] += 1
+        self.stats["ttft_ms"] = answer.timings["ttft_ms"]
+        self.stream_pub.publish(json_message({"id": query_id, "seq": seq + 1, "delta": "", "done": True, "finish_reason": answer.finish_reason,
+                                              "text": answer.text, "ttft_ms": round(answer.timings["ttft_ms"], 2)}))
+        self.answer_pub.publish(String(data=answer.text))
+
+    def publish_diagnostics(self) -> None:
+        values = {**self.stats, **self.model_info(), **self.counters.snapshot(), "pending_queries": len(self.queries)}
+        self.diag_pub.publish(diagnostics(self, "serving" if self.active else "inactive", values, hardware_id=values["device"]))
+
+    def close(self) -> None:
+        with self.jobs:
+            self.stopping = True
+            self.jobs.notify()
+
+
+def main(args: list[str] | None = None) -> None:
+    run(lambda: [PlannerNode().start()], args if args is not None else sys.argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""camera_node (a generated video) -> encoder_node -> planner_node, as three processes talking over real rclpy."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+from std_msgs.msg import String
+from sensor_msgs.msg import Image
+
+from ros_nodes.messages import image_to_tokens
+from ros_nodes.node_tools import LATEST_QOS, RELIABLE_QOS
+
+
+def write_video(path, frames: int = 30, size=(160, 120)) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+    assert writer.isOpened()
+    for i in range(frames):
+        frame = np.full((size[1], size[0], 3), 90, np.uint8)
+        cv2.rectangle(frame, (10 + 3 * i, 30), (50 + 3 * i, 70), (0, 0, 220), -1)
+        writer.write(frame)
+    writer.release()
+
+
+def test_video_to_streamed_answer(spawn, probe, vlm_dir, tmp_path):
+    video = tmp_path / "clip.avi"
+    write_video(video)
+    spawn("camera_node", {"source": str(video), "rate_hz": 10.0, "width": 160, "height": 120})
+    spawn("encoder_node", {"model": str(vlm_dir)})
+    planner = spawn("planner_node", {"model": str(vlm_dir), "max_new_tokens": 12})
+    tokens = probe.collect(Image, "agent/visual_tokens", LATEST_QOS)
+    chunks = probe.collect(String, "agent/answer_stream", RELIABLE_QOS)
+    answers = probe.collect(String, "agent/answer", RELIABLE_QOS)
+    query = probe.publisher(String, "agent/query", RELIABLE_QOS)
+
+    probe.spin_until(lambda: len(tokens) >= 3, 60, "visual tokens from the encoder")
+    header_frame = tokens[-1][1].header.frame_id
+    t = image_to_tokens(tokens[-1][1])
+    assert t.shape[0] == 16 and np.isfinite(t).all() and header_frame == "camera_optical_frame"  # tiny-vlm-v2: 16 tokens
+
+    probe.spin_until(lambda: query.get_subscription_count() > 0, 30, "the planner's query subscription")
+    sent = __import__("time").monotonic()
+    query.publish(String(data="What is in the image?"))
+    probe.spin_until(lambda: any(json.loads(m.data)["done"] for _, m in chunks), 60, "the end of the streamed answer")
+    probe.spin_until(lambda: answers, 10, "the full answer")
+
+    parsed = [json.loads(m.data) for _, m in chunks]
+    assert parsed[0]["seq"] == 0 and parsed[0]["delta"] == "" and not parsed[0]["done"]  # the start marker
+    assert [c["seq"] for c in parsed] == list(range(len(parsed)))
+    assert len({c["id"] for c in parsed}) == 1
+    end = parsed[-1]
+    assert end["done"] and end["finish_reason"] in ("eos", "length", "stop")
+    streamed = "".join(c["delta"] for c in parsed).strip()
+    assert streamed == end["text"] == answers[0][1].data
+    first_token = next(ts for ts, m in chunks if json.loads(m.data)["seq"] == 1) if len(parsed) > 2 else chunks[-1][0]
+    print(f"query -> first streamed token: {(first_token - sent) * 1000:.0f} ms (node-side TTFT {end['ttft_ms']:.0f} ms)")
+    assert planner.alive()
