@@ -87,13 +87,14 @@ class SafetyNode(Node):
         self.publish_status()
 
     def publish_command(self) -> None:
-        now = self.now()
+        stamp = self.get_clock().now()  # one reading for the governor and the header, so limits hold per stamp
+        now = stamp.nanoseconds * 1e-9
         camera_time = self.camera_time if self.p.watch_camera else now
         twist, reason = self.governor.filter(self.wanted, now=now, action_time=self.action_time, camera_time=camera_time)
         if reason != self.reason and reason not in ("ok", "clipped"):
             self.get_logger().info(f"zero velocity: {reason}")
         self.reason = reason
-        self.cmd_pub.publish(twist_message(twist, self.p.stamped, Header(stamp=self.get_clock().now().to_msg(), frame_id=self.p.frame_id)))
+        self.cmd_pub.publish(twist_message(twist, self.p.stamped, Header(stamp=stamp.to_msg(), frame_id=self.p.frame_id)))
 
     def publish_status(self) -> None:
         values = {"reason": self.reason, "dry_run": self.governor.dry_run, "estop": self.governor.estopped,

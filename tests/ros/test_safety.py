@@ -1,0 +1,108 @@
+"""safety_node in its own process: dry run by default, limits under an adversarial stream, e-stop, watchdogs."""
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+
+import cv2
+import numpy as np
+from geometry_msgs.msg import TwistStamped
+from std_msgs.msg import Bool, String
+
+from ros_nodes.messages import stamp_seconds
+from ros_nodes.node_tools import RELIABLE_QOS
+
+LIMITS = {"max_linear": 0.5, "max_angular": 1.0, "max_linear_accel": 1.0, "max_angular_accel": 3.0}
+
+
+def image_folder(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((48, 64, 3), 40 * i, np.uint8))
+    return folder
+
+
+def start_safety(spawn, probe, tmp_path, **params):
+    camera = spawn("camera_node", {"source": str(image_folder(tmp_path)), "rate_hz": 20.0, "width": 64, "height": 48})
+    safety = spawn("safety_node", {"rate_hz": 50.0, "action_timeout_s": 0.5, "camera_timeout_s": 0.3, "forward_speed": 2.0,
+                                   "turn_speed": 5.0, **LIMITS, **params})
+    cmds = probe.collect(TwistStamped, "cmd_vel", RELIABLE_QOS)
+    actions = probe.publisher(String, "agent/action", RELIABLE_QOS)
+    enable = probe.publisher(Bool, "agent/enable", RELIABLE_QOS)
+    estop = probe.publisher(Bool, "agent/estop", RELIABLE_QOS)
+    probe.spin_until(lambda: len(cmds) > 5 and actions.get_subscription_count() and estop.get_subscription_count(), 30, "cmd_vel from safety_node")
+    return camera, safety, cmds, actions, enable, estop
+
+
+def moving(msg: TwistStamped) -> bool:
+    return msg.twist.linear.x != 0 or msg.twist.angular.z != 0
+
+
+def drive(probe, actions, seconds: float, choices=("forward",), rng=random.Random(0)) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        actions.publish(String(data=json.dumps({"action": rng.choice(choices)})))
+        probe.spin_for(0.02)
+
+
+def test_dry_run_then_limits_under_adversarial_stream(spawn, probe, tmp_path):
+    _, safety, cmds, actions, enable, _ = start_safety(spawn, probe, tmp_path)
+    drive(probe, actions, 1.5)
+    assert cmds and not any(moving(m) for _, m in cmds), "cmd_vel moved before agent/enable"
+
+    enable.publish(Bool(data=True))
+    start = len(cmds)
+    # adversarial: max-speed commands flipping direction every message, with garbage mixed in
+    drive(probe, actions, 3.0, ("forward", "turn_left", "turn_right", "forward", "rm -rf /", '{"action": "fly"}', "stop"))
+    window = [m for _, m in cmds[start:]]
+    assert any(moving(m) for m in window), "never moved after enable"
+    for m in window:
+        assert abs(m.twist.linear.x) <= LIMITS["max_linear"] + 1e-9 and abs(m.twist.angular.z) <= LIMITS["max_angular"] + 1e-9
+    for a, b in zip(window, window[1:]):
+        dt = stamp_seconds(b.header.stamp) - stamp_seconds(a.header.stamp)
+        if moving(b):  # stops are immediate by design; every speed-up is rate limited
+            assert abs(b.twist.linear.x - a.twist.linear.x) <= LIMITS["max_linear_accel"] * (dt + 1e-5) + 1e-9  # 1e-5 s: float64 epoch seconds resolve ~0.2 us
+            assert abs(b.twist.angular.z - a.twist.angular.z) <= LIMITS["max_angular_accel"] * (dt + 1e-5) + 1e-9  # 1e-5 s: float64 epoch seconds resolve ~0.2 us
+    assert safety.alive()
+    assert "bad_action" in safety.output()
+
+
+def test_estop_zero_within_100ms(spawn, probe, tmp_path):
+    _, _, cmds, actions, enable, estop = start_safety(spawn, probe, tmp_path)
+    enable.publish(Bool(data=True))
+    drive(probe, actions, 1.5)
+    assert moving(cmds[-1][1])
+    sent = time.monotonic()
+    estop.publish(Bool(data=True))
+    actions.publish(String(data="forward"))
+    probe.spin_until(lambda: not moving(cmds[-1][1]), 2, "a zero after the e-stop")
+    first_zero = next(t for t, m in cmds if t >= sent and not moving(m))
+    print(f"e-stop -> zero cmd_vel: {(first_zero - sent) * 1000:.1f} ms")
+    assert first_zero - sent <= 0.100
+    drive(probe, actions, 1.0)  # still latched
+    assert not any(moving(m) for t, m in cmds if t > first_zero)
+
+
+def test_killing_the_planner_or_the_camera_stops_the_base(spawn, probe, tmp_path):
+    camera, _, cmds, actions, enable, _ = start_safety(spawn, probe, tmp_path)
+    enable.publish(Bool(data=True))
+    drive(probe, actions, 1.0)
+    assert moving(cmds[-1][1])
+    gone = time.monotonic()  # the "planner" (this probe) dies: no more actions
+    probe.spin_until(lambda: not moving(cmds[-1][1]), 3, "zero after the actions stopped")
+    stop_s = next(t for t, m in cmds if t >= gone and not moving(m)) - gone
+    print(f"planner gone -> zero: {stop_s * 1000:.0f} ms (action watchdog 500 ms)")
+    assert stop_s <= 0.5 + 0.2
+
+    drive(probe, actions, 1.0)
+    assert moving(cmds[-1][1])
+    camera.proc.send_signal(signal.SIGKILL)
+    gone = time.monotonic()
+    drive(probe, actions, 1.0)  # the planner keeps asking to move
+    stop_s = next(t for t, m in cmds if t >= gone and not moving(m)) - gone
+    print(f"camera killed -> zero: {stop_s * 1000:.0f} ms (camera watchdog 300 ms)")
+    assert stop_s <= 0.3 + 0.2
+    assert not any(moving(m) for t, m in cmds if t > gone + stop_s)
