@@ -212,6 +212,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_launch(args: argparse.Namespace) -> int:
+    """Run a ROS 2 YAML launch file without `ros2 launch`: one process per node, prefixed logs, Ctrl-C stops all.
+
+    Example: mobilevlm-agent launch launch/sim.launch.yaml dry_run:=false
+    Exits non-zero when a node marked `on_exit: shutdown` dies.
+    """
+    from mobilevlm_agent.launcher import launch_main
+
+    return launch_main(args.file, args.assignments)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilevlm-agent", description="On-board MobileVLM for robots: ask, inspect and convert models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -298,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--planner", choices=["model", "oracle"], help="who plans (default: model when --model is given, else oracle)")
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--out", default="build/demo", help="output directory (default build/demo)")
+
+    p = add("launch", cmd_launch)
+    p.add_argument("file", help="a YAML launch file (launch/*.launch.yaml)")
+    p.add_argument("assignments", nargs="*", metavar="NAME:=VALUE", help="launch arguments")
 
     p = add("train", cmd_train)
     p.add_argument("recipe", help="recipe YAML or shipped recipe name")
