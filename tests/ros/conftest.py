@@ -67,8 +67,13 @@ class NodeProcess:
 def spawn(ros_env, tmp_path):
     started: list[NodeProcess] = []
 
-    def start(node: str, params: dict | None = None, extra: list[str] | None = None, module: bool = True) -> NodeProcess:
-        cmd = [sys.executable, "-m", f"ros_nodes.{node}"] if module else [node]
+    def start(node: str, params: dict | None = None, extra: list[str] | None = None, cmd: list[str] | None = None) -> NodeProcess:
+        """A node by name with parameters, or any command (`cmd`) logged under that name."""
+        if cmd is not None:
+            p = NodeProcess(cmd, ros_env, tmp_path / f"{node}-{len(started)}.log")
+            started.append(p)
+            return p
+        cmd = [sys.executable, "-m", f"ros_nodes.{node}"]
         ros_args = [a for k, v in (params or {}).items() for a in ("-p", f"{k}:={_yaml(v)}")] + (extra or [])
         if ros_args:
             cmd += ["--ros-args", *ros_args]

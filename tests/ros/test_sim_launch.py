@@ -1,0 +1,47 @@
+"""The whole graph from launch/sim.launch.yaml with the bundled demo model: an instruction drives the robot to success."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from std_msgs.msg import Bool, String
+
+from mobilevlm_agent.launcher import package_share
+from ros_nodes.node_tools import LATCHED_QOS, RELIABLE_QOS
+
+DEMO = package_share() / "models" / "demo"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEMO / "config.json").is_file(), reason="models/demo not built (make demo-model)")
+def test_instruction_reaches_success_in_the_simulator(spawn, probe):
+    launch = spawn("launch", cmd=[sys.executable, "-m", "mobilevlm_agent.cli", "launch", "launch/sim.launch.yaml", "model:=demo", "dry_run:=false"])
+    try:
+        truth = probe.collect(String, "sim/ground_truth", RELIABLE_QOS)
+        diags = probe.collect(DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+        status = probe.collect(String, "agent/status", LATCHED_QOS)
+        probe.spin_until(lambda: truth, 60, "ground truth from sim_node")
+        target = json.loads(truth[-1][1].data)["target"]
+        probe.spin_until(lambda: {s.name for _, d in diags for s in d.status} >= {"/encoder_node", "/planner_node", "/agent_node", "/safety_node"},
+                         90, "/diagnostics from the four agent nodes")
+        instruction = probe.publisher(String, "agent/instruction", LATCHED_QOS)
+        probe.publisher(Bool, "agent/enable", RELIABLE_QOS)  # dry_run:=false already enables motion
+        started = time.monotonic()
+        instruction.publish(String(data=f"go to the {target}"))
+
+        def success() -> bool:
+            last = json.loads(truth[-1][1].data)
+            return any(o["label"] == target and o["success"] for o in last["objects"])
+
+        probe.spin_until(success, 240, f"success at the {target}")
+        final = json.loads(truth[-1][1].data)
+        agent = json.loads(status[-1][1].data)
+        print(f"reached the {target} in {time.monotonic() - started:.0f} s wall, sim time {final['time']:.1f} s, "
+              f"{agent['steps']} decisions, {agent['decision_ms']:.0f} ms last decision, collisions {final['collisions']}")
+        assert launch.alive()
+    finally:
+        code = launch.stop()
+    assert code == 0
