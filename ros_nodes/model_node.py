@@ -50,7 +50,8 @@ class ModelNode(LifecycleNode):
             self.get_logger().error(f"cannot load model {self.p.model!r}: {e}")
             return TransitionCallbackReturn.FAILURE
         self.create_entities()
-        self.get_logger().info(f"loaded {self.model.config.name} on {self.model.device} ({self.model.dtype})")
+        how = "sharing the process's" if self.shared_model is not None else "loaded"
+        self.get_logger().info(f"{how} {self.model.config.name} on {self.model.device} ({self.model.dtype})")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:

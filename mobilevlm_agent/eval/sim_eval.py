@@ -75,7 +75,7 @@ def answer_all(questions, answer) -> dict:
 
 def navigate_all(episodes: int, seed: int, make_planner) -> dict:
     rng, env = random.Random(seed), SimEnv()
-    success, spl, collisions, steps = [], [], 0, []
+    success, spl, collisions, steps, latency_ms = [], [], 0, [], []
     for e in tqdm(range(episodes), desc="nav", leave=False):
         env.reset(seed=HELD_OUT + seed * 1000 + e)
         env.teleport(*random_pose(rng, env))
@@ -87,6 +87,7 @@ def navigate_all(episodes: int, seed: int, make_planner) -> dict:
             nonlocal travelled, last
             travelled += math.hypot(obs.odom.x - last.x, obs.odom.y - last.y)
             last = obs.odom
+            latency_ms.append(decision.latency_ms)
 
         agent = Agent(make_planner(env, target), SafetyGovernor(SafetyLimits(max_linear=0.6, max_angular=1.5, max_linear_accel=10, max_angular_accel=20), dry_run=False), max_steps=80)
         episode = run_episode(agent, env, rng.choice(NAV_TEMPLATES).format(target.label), on_step=track)
@@ -96,7 +97,8 @@ def navigate_all(episodes: int, seed: int, make_planner) -> dict:
         collisions += env.collisions > 0
         steps.append(episode.steps)
     env.close()
-    return {"success_rate": float(np.mean(success)), "spl": float(np.mean(spl)), "collisions": collisions, "mean_steps": float(np.mean(steps))}
+    return {"success_rate": float(np.mean(success)), "spl": float(np.mean(spl)), "collisions": collisions, "mean_steps": float(np.mean(steps)),
+            "decisions_per_s": 1000.0 / max(float(np.mean(latency_ms)), 1e-6)}  # planning + governor, rendering excluded
 
 
 def evaluate(model: MobileVLM | None, episodes: int, seed: int) -> dict:
@@ -120,12 +122,12 @@ def evaluate(model: MobileVLM | None, episodes: int, seed: int) -> dict:
 
 
 def format_table(report: dict) -> str:
-    rows = [("policy", "POPE F1 rand/pop/adv", "QA acc", "nav success", "SPL", "collisions", "steps")]
+    rows = [("policy", "POPE F1 rand/pop/adv", "QA acc", "nav success", "SPL", "collisions", "steps", "decisions/s")]
     for name in ("model", "oracle", "random"):
         if name in report:
             r = report[name]
             f1 = "/".join(f"{r['pope'][s]['f1']:.2f}" for s in ("random", "popular", "adversarial") if s in r["pope"])
             n = r["nav"]
-            rows.append((name, f1, f"{r['qa_accuracy']:.2f}", f"{n['success_rate']:.2f}", f"{n['spl']:.2f}", str(n["collisions"]), f"{n['mean_steps']:.1f}"))
+            rows.append((name, f1, f"{r['qa_accuracy']:.2f}", f"{n['success_rate']:.2f}", f"{n['spl']:.2f}", str(n["collisions"]), f"{n['mean_steps']:.1f}", f"{n['decisions_per_s']:.0f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)

@@ -1,4 +1,4 @@
-"""camera_node (a generated video) -> encoder_node -> planner_node, as three processes talking over real rclpy."""
+"""camera_node (a generated video) -> encoder_node -> planner_node over real rclpy (the composition process)."""
 from __future__ import annotations
 
 import json
@@ -26,8 +26,7 @@ def test_video_to_streamed_answer(spawn, probe, vlm_dir, tmp_path):
     video = tmp_path / "clip.avi"
     write_video(video)
     spawn("camera_node", {"source": str(video), "rate_hz": 10.0, "width": 160, "height": 120})
-    spawn("encoder_node", {"model": str(vlm_dir)})
-    planner = spawn("planner_node", {"model": str(vlm_dir), "max_new_tokens": 12})
+    planner = spawn("vlm_composition", {"model": str(vlm_dir), "max_new_tokens": 12})  # encoder + planner, one shared model
     tokens = probe.collect(Image, "agent/visual_tokens", LATEST_QOS)
     chunks = probe.collect(String, "agent/answer_stream", RELIABLE_QOS)
     answers = probe.collect(String, "agent/answer", RELIABLE_QOS)
@@ -55,3 +54,4 @@ def test_video_to_streamed_answer(spawn, probe, vlm_dir, tmp_path):
     first_token = next(ts for ts, m in chunks if json.loads(m.data)["seq"] == 1) if len(parsed) > 2 else chunks[-1][0]
     print(f"query -> first streamed token: {(first_token - sent) * 1000:.0f} ms (node-side TTFT {end['ttft_ms']:.0f} ms)")
     assert planner.alive()
+    assert planner.output().count("loaded ") == 1 and "[planner_node]: sharing" in planner.output()  # one model for both nodes
