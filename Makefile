@@ -29,7 +29,7 @@ demo: setup
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# The bundled demo model, from scratch: simulator data -> tokenizer -> stages 0, 1, 2a, 2b -> eval.
+# The bundled demo model, from scratch: simulator data -> tokenizer -> stages 0, 1, vision, 2a, 2b -> eval.
 DM := build/demo-model
 MVA := $(VENV)/bin/mobilevlm-agent
 SCENES ?= 120
@@ -39,7 +39,8 @@ demo-model: setup
 	$(MVA) data tokenize $(DM)/data/corpus.txt --tokenizer $(DM)/tokenizer.model --out $(DM)/tokens
 	$(MVA) train demo-stage0 --out $(DM)/s0 --set data.path=$(DM)/tokens --set tokenizer=$(DM)/tokenizer.model
 	$(MVA) train demo-stage1 --out $(DM)/s1 --set model=$(DM)/s0/model --set data.path=$(DM)/data/sharegpt.json
-	$(MVA) train demo-stage2a --out $(DM)/s2a --set model=demo-vlm --set tokenizer=$(DM)/tokenizer.model --set "init_from={llm: $(DM)/s1/model}" --set data.path=$(DM)/data/captions.json
+	$(MVA) train demo-stagev --out $(DM)/sv --set tokenizer=$(DM)/tokenizer.model --set data.path=$(DM)/data/labels.json
+	$(MVA) train demo-stage2a --out $(DM)/s2a --set model=demo-vlm --set tokenizer=$(DM)/tokenizer.model --set "init_from={llm: $(DM)/s1/model, vision: $(DM)/sv/model, projector: $(DM)/sv/model}" --set data.path=$(DM)/data/captions.json
 	$(MVA) train demo-stage2b --out $(DM)/s2b --set model=$(DM)/s2a/model --set data.path=$(DM)/data/llava.json
-	for s in s0 s1 s2a s2b; do $(MVA) plot $(DM)/$$s; done
+	for s in s0 s1 sv s2a s2b; do $(MVA) plot $(DM)/$$s; done
 	$(MVA) eval sim --model $(DM)/s2b/model --episodes 20 --seed 7 | tee $(DM)/eval.txt

@@ -21,6 +21,10 @@ from mobilevlm_agent.sim.world import ROBOT_RADIUS, SimEnv
 
 NAV_TEMPLATES = ("go to the {}", "drive to the {}", "navigate to the {}", "find the {} and stop next to it", "move to the {}")
 POPE_SPLITS = ("random", "popular", "adversarial")
+LABELS = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
+WHERE = ("on the left", "ahead", "on the right")
+NEAR = 1.0  # metres: "near" targets of the vision stage (where the planner must decide to stop)
+TARGET_NAMES = tuple(f"{label} {w}" for label in LABELS for w in (*WHERE, "near"))
 
 
 def existence_question(label: str) -> str:
@@ -43,6 +47,17 @@ def describe(env: SimEnv, visible: list[ObjectSpec]) -> str:
         return "I see no objects, only the room."
     ordered = sorted(visible, key=lambda o: -env.bearing_to(o))
     return "I see " + ", ".join(f"a {o.label} {where(env, o)}" for o in ordered) + "."
+
+
+def label_record(env: SimEnv, image: str, visible: list[ObjectSpec]) -> dict:
+    """The vision stage's targets for one image: for each visible object, its label x (where it is, whether near)."""
+    targets = set()
+    for obj in visible:
+        base = LABELS.index(obj.label) * 4
+        targets.add(base + WHERE.index(where(env, obj)))
+        if env.distance_to(obj) <= NEAR:
+            targets.add(base + 3)
+    return {"image": image, "targets": sorted(targets)}
 
 
 def pope_negatives(rng: random.Random, visible: list[ObjectSpec], popular: list[str]) -> dict[str, str]:
@@ -108,6 +123,7 @@ def write_dataset(out_dir: str | Path, cfg: DatasetConfig = DatasetConfig()) -> 
     rng = random.Random(cfg.seed)
     env = SimEnv()
     llava: list[dict] = []
+    labels: list[dict] = []
     corpus: list[str] = []
     dialogues: list[dict] = []
     popular: list[str] = []
@@ -121,29 +137,31 @@ def write_dataset(out_dir: str | Path, cfg: DatasetConfig = DatasetConfig()) -> 
             env.teleport(*(view_towards(rng, env) if v % 4 else random_pose(rng, env)))
             image = save_image(out, f"s{scene_seed}_v{v}", env)
             visible = env.visible_objects()
+            labels.append(label_record(env, image, visible))
             for i, qa in enumerate(qa_samples(rng, env, visible, popular)):
                 llava.append(sample(f"s{scene_seed}_v{v}_q{i}", image, qa["q"], qa["a"], kind=qa["kind"], split=qa.get("split")))
             corpus.append(describe(env, visible))
             dialogues.append({"id": f"s{scene_seed}_v{v}", "conversations": [
                 {"from": "human", "value": f"The robot sees: {describe(env, visible)} How many objects does it see?"}, {"from": "gpt", "value": str(len(visible))}]})
         for e in range(cfg.nav_episodes_per_scene):
-            llava += navigation_samples(rng, env, scene_seed, e, out, cfg)
+            llava += navigation_samples(rng, env, scene_seed, e, out, cfg, labels)
     env.close()
     for obj_label in label_counts:
         corpus.append(f"The {obj_label} is in the room. Go to the {obj_label}.")
     (out / "llava.json").write_text(json.dumps(llava))
     # Stage 2a (plain template, no question) only makes sense on captions, as in the paper's caption pretraining.
     (out / "captions.json").write_text(json.dumps([r for r in llava if r["kind"] == "describe"]))
+    (out / "labels.json").write_text(json.dumps({"num_targets": len(TARGET_NAMES), "target_names": TARGET_NAMES, "records": labels}))
     (out / "corpus.txt").write_text("\n".join(corpus) + "\n")
     (out / "sharegpt.json").write_text(json.dumps(dialogues))
     kinds = Counter(r["kind"] for r in llava)
-    manifest = {"scenes": cfg.scenes, "seed": cfg.seed, "samples": len(llava), "by_kind": dict(kinds), "images": len(list((out / "images").iterdir())),
+    manifest = {"scenes": cfg.scenes, "seed": cfg.seed, "samples": len(llava), "labelled_images": len(labels), "by_kind": dict(kinds), "images": len(list((out / "images").iterdir())),
                 "corpus_lines": len(corpus), "dialogues": len(dialogues)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def navigation_samples(rng: random.Random, env: SimEnv, scene_seed: int, episode: int, out: Path, cfg: DatasetConfig) -> list[dict]:
+def navigation_samples(rng: random.Random, env: SimEnv, scene_seed: int, episode: int, out: Path, cfg: DatasetConfig, label_records: list[dict]) -> list[dict]:
     """One oracle rollout from a random start; every step is a (view, instruction, history) -> action sample."""
     env.teleport(*random_pose(rng, env))
     labels = Counter(o.label for o in env.scene.objects)
@@ -153,6 +171,7 @@ def navigation_samples(rng: random.Random, env: SimEnv, scene_seed: int, episode
     for step in range(cfg.max_nav_steps):
         action = oracle_action(env, target)
         image = save_image(out, f"s{scene_seed}_n{episode}_t{step}", env)
+        label_records.append(label_record(env, image, env.visible_objects()))
         samples.append(sample(f"s{scene_seed}_n{episode}_t{step}", image, nav_prompt(instruction, history), action, kind="nav"))
         env.step(action_to_twist(action), cfg.control_period)
         history.append(action)

@@ -139,6 +139,32 @@ class ConversationDataset(Dataset):
         return {"ids": ids[:budget], "labels": labels[:budget], "pixels": pixels}
 
 
+class LabelDataset(Dataset):
+    """Images with multi-label targets (`sim dataset`'s labels.json): the vision stage's data.
+
+    Record: {"image": path, "targets": [int, ...]}: indices of the positive outputs among `num_targets`.
+    """
+
+    def __init__(self, path: str | Path, image_size: int, image_folder: str | Path = "", pad_to_square: bool = True) -> None:
+        self.path = Path(path)
+        data = json.loads(self.path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("records"), list) or not isinstance(data.get("num_targets"), int):
+            raise InputError(f"{path}: a labels file is {{'num_targets': N, 'target_names': [...], 'records': [...]}}")
+        self.records, self.num_targets = data["records"], data["num_targets"]
+        self.image_size, self.pad_to_square = image_size, pad_to_square
+        self.image_folder = Path(image_folder) if image_folder else self.path.parent
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        record = self.records[i]
+        target = torch.zeros(self.num_targets)
+        target[[int(t) for t in record["targets"]]] = 1.0
+        pixels = preprocess(load_image(self.image_folder / record["image"]), self.image_size, self.pad_to_square)[0]
+        return {"ids": [], "labels": target, "pixels": pixels}
+
+
 def collate(samples: list[dict]) -> dict:
     images = [s["pixels"] for s in samples if s["pixels"] is not None]
     return {

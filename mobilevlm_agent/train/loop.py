@@ -21,7 +21,7 @@ from mobilevlm_agent.model.random_init import random_model
 from mobilevlm_agent.model.vlm import MobileVLM
 from mobilevlm_agent.tokenizer import IGNORE_INDEX, Tokenizer
 from mobilevlm_agent.train import dist
-from mobilevlm_agent.train.datasets import ConversationDataset, PackedDataset, StepSampler, collate
+from mobilevlm_agent.train.datasets import ConversationDataset, LabelDataset, PackedDataset, StepSampler, collate
 from mobilevlm_agent.train.lora import apply_lora, merge_lora
 from mobilevlm_agent.train.recipe import Recipe, load_recipe, to_dict
 
@@ -64,7 +64,7 @@ def load_part(model: MobileVLM, part: str, source: str) -> None:
 
 def set_trainable(model: MobileVLM, recipe: Recipe) -> list[dict]:
     """Freeze by stage; returns AdamW param groups (no decay on norms/biases; V2's separate projector lr)."""
-    trains = {"pretrain": {"llm"}, "sft": {"llm"}, "projector": {"projector"}, "finetune": {"llm", "projector"}}[recipe.stage]
+    trains = {"pretrain": {"llm"}, "sft": {"llm"}, "projector": {"projector"}, "finetune": {"llm", "projector"}, "vision": {"vision", "projector"}}[recipe.stage]
     if recipe.train_vision:
         trains = trains | {"vision"}
     for p in model.parameters():
@@ -93,6 +93,10 @@ def build_dataset(recipe: Recipe, model: MobileVLM):
     if d.kind == "packed":
         return PackedDataset(d.path, d.seq_len, pad_id=model.config.llm.pad_token_id)
     vision = model.config.vision
+    if d.kind == "labels":
+        if vision is None:
+            raise ConfigError(f"the vision stage needs a multimodal model, {model.config.name} is text-only")
+        return LabelDataset(d.path, vision.image_size, d.image_folder, pad_to_square=d.image_aspect_ratio == "pad")
     return ConversationDataset(
         d.path, model.tokenizer, d.template, d.seq_len,
         image_size=vision.image_size if vision else 0, visual_tokens=model.config.num_visual_tokens,
@@ -137,6 +141,24 @@ class TrainForward(torch.nn.Module):
         return loss, n_targets
 
 
+class VisionForward(torch.nn.Module):
+    """The vision stage (our stand-in for CLIP pretraining, which cannot be downloaded here): the vision tower and
+    projector learn to predict an image's labels from its visual tokens through a linear head that is then dropped.
+    Flattening the tokens keeps their positions, so the head can ask "where" as well as "what"."""
+
+    def __init__(self, model: MobileVLM, num_targets: int) -> None:
+        super().__init__()
+        self.model = model
+        self.head = torch.nn.Linear(model.config.num_visual_tokens * model.config.llm.hidden_size, num_targets)
+
+    def forward(self, ids, labels: list[torch.Tensor], pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.head(self.model.encode_images(pixels).flatten(1).float())
+        targets = torch.stack(labels).to(logits.device)
+        # about 2 of the 128 outputs are positive per image: weigh them up so "nothing anywhere" is not the easy answer
+        loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=torch.full_like(logits[0], 8.0))
+        return loss, torch.tensor(len(labels))
+
+
 # -- checkpoints ---------------------------------------------------------------------------------------------------
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(p for p in (run_dir / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp") and (p / "trainer.json").is_file())
@@ -152,7 +174,10 @@ def save_checkpoint(run_dir: Path, step: int, model: MobileVLM, wrapped, opt, re
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         full = {k.removeprefix("model."): v for k, v in full.items()}
-        save_pretrained(model, tmp / "model", dtype=torch.float32, state={k: v for k, v in full.items() if ".lora_" not in k})
+        head = {k: v.contiguous() for k, v in full.items() if k.startswith("head.")}  # the vision stage's throwaway head
+        if head:
+            save_file(head, tmp / "head.safetensors")
+        save_pretrained(model, tmp / "model", dtype=torch.float32, state={k: v for k, v in full.items() if ".lora_" not in k and k not in head})
         if recipe.lora.r:
             save_file({k: v.contiguous() for k, v in full.items() if ".lora_" in k}, tmp / "lora.safetensors")
         tensors: dict[str, torch.Tensor] = {}
@@ -171,12 +196,14 @@ def save_checkpoint(run_dir: Path, step: int, model: MobileVLM, wrapped, opt, re
     dist.barrier(info)
 
 
-def load_model_state(ckpt: Path, model: MobileVLM) -> None:
-    """Weights (and LoRA adapters) of a checkpoint, before the model is wrapped for distribution."""
+def load_model_state(ckpt: Path, forward: torch.nn.Module) -> None:
+    """Weights (LoRA adapters, the vision head) of a checkpoint, before the model is wrapped for distribution."""
     state = read_state_dict(ckpt / "model")
     if (ckpt / "lora.safetensors").is_file():
         state |= load_file(ckpt / "lora.safetensors")
-    model.load_state_dict(state)
+    forward.model.load_state_dict(state)
+    if (ckpt / "head.safetensors").is_file():
+        forward.load_state_dict({**{f"model.{k}": v for k, v in forward.model.state_dict().items()}, **load_file(ckpt / "head.safetensors")})
 
 
 def load_trainer_state(ckpt: Path, wrapped, opt, info: dist.DistInfo) -> int:
@@ -206,9 +233,12 @@ def fit(recipe: Recipe, run_dir: Path, resume: bool = False) -> Path:
     dataset = build_dataset(recipe, model)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = checkpoint_dirs(run_dir)[-1] if resume and checkpoint_dirs(run_dir) else None
+    forward = VisionForward(model, dataset.num_targets).to(info.device) if recipe.stage == "vision" else TrainForward(model)
+    if recipe.stage == "vision":
+        groups.append({"params": list(forward.head.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
     if ckpt:
-        load_model_state(ckpt, model)
-    wrapped = dist.wrap_model(TrainForward(model), recipe.strategy, info)
+        load_model_state(ckpt, forward)
+    wrapped = dist.wrap_model(forward, recipe.strategy, info)
     opt = dist.build_optimizer(groups, recipe.optim.lr, recipe.optim.betas, recipe.optim.weight_decay, recipe.strategy, info)
     trainable = [p for g in groups for p in g["params"]]
     start = load_trainer_state(ckpt, wrapped, opt, info) if ckpt else 0

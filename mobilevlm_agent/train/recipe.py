@@ -10,12 +10,12 @@ import yaml
 
 from mobilevlm_agent.errors import ConfigError
 
-STAGES = ("pretrain", "sft", "projector", "finetune")
+STAGES = ("pretrain", "sft", "projector", "finetune", "vision")
 
 
 @dataclass
 class DataArgs:
-    kind: str = "packed"  # packed (token buckets) | sft (ShareGPT JSON) | multimodal (LLaVA JSON)
+    kind: str = "packed"  # packed (token buckets) | sft (ShareGPT JSON) | multimodal (LLaVA JSON) | labels (vision stage)
     path: str = ""  # bucket directory, or a JSON file
     image_folder: str = ""  # multimodal: where image paths are relative to (default: the JSON's folder)
     seq_len: int = 2048  # tokens per sample (packed windows; SFT/multimodal samples are truncated to it)
@@ -45,7 +45,7 @@ class LoRAArgs:
 
 @dataclass
 class Recipe:
-    stage: str = "pretrain"  # pretrain | sft | projector (2a) | finetune (2b); decides what trains
+    stage: str = "pretrain"  # pretrain | sft | projector (2a) | finetune (2b) | vision (no CLIP offline); decides what trains
     model: str = "tiny-llama"  # a config name (fresh random init) or a checkpoint directory
     init_from: dict[str, str] = field(default_factory=dict)  # part (llm|vision|projector) -> checkpoint dir
     tokenizer: str = ""  # tokenizer.model, when `model` is a config name
@@ -69,8 +69,10 @@ class Recipe:
         problems = []
         if self.stage not in STAGES:
             problems.append(f"stage {self.stage!r} is not one of {STAGES}")
-        if self.data.kind not in ("packed", "sft", "multimodal"):
-            problems.append(f"data.kind {self.data.kind!r} is not packed, sft or multimodal")
+        if self.data.kind not in ("packed", "sft", "multimodal", "labels"):
+            problems.append(f"data.kind {self.data.kind!r} is not packed, sft, multimodal or labels")
+        if (self.stage == "vision") != (self.data.kind == "labels"):
+            problems.append(f"stage vision goes with data.kind labels (got stage {self.stage}, kind {self.data.kind})")
         if not self.data.path:
             problems.append("data.path is empty")
         elif not Path(self.data.path).exists():
