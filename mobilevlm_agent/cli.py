@@ -158,10 +158,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    """Plot RUN_DIR/metrics.jsonl (loss and learning rate per step) to a PNG."""
-    from mobilevlm_agent.train.plot import plot_run
+    """Plot RUN_DIR/metrics.jsonl (loss and learning rate per step) to a PNG; several runs: their losses side by side."""
+    from mobilevlm_agent.train.plot import plot_run, plot_stages
 
-    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    if len(args.run_dir) > 1 and not args.out:
+        raise InputError("plotting several runs needs --out")
+    print(f"wrote {plot_run(args.run_dir[0], args.out) if len(args.run_dir) == 1 else plot_stages(args.run_dir, args.out)}")
     return 0
 
 
@@ -321,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field (repeatable)")
 
     p = add("plot", cmd_plot)
-    p.add_argument("run_dir", help="a training run directory")
+    p.add_argument("run_dir", nargs="+", help="a training run directory (several: one loss panel each)")
     p.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
     return parser
 

@@ -35,3 +35,28 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_stages(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Loss curves of several runs (e.g. a model's training stages) side by side, in order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(run_dirs), figsize=(3.2 * len(run_dirs), 3), squeeze=False)
+    for ax, run_dir in zip(axes[0], run_dirs):
+        path = Path(run_dir) / "metrics.jsonl"
+        if not path.is_file():
+            raise InputError(f"no metrics.jsonl in {run_dir}")
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=0.8)
+        ax.set_yscale("log")
+        ax.set_title(Path(run_dir).name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)

@@ -177,14 +177,39 @@ def test_every_shipped_recipe_parses():
     shipped = Path(__file__).parents[2] / "mobilevlm_agent" / "train" / "recipes"
     for path in shipped.glob("*.yaml"):
         recipe = load_recipe(path)
-        assert recipe.stage in ("pretrain", "sft", "projector", "finetune"), path
+        assert recipe.stage in ("pretrain", "sft", "projector", "finetune", "vision"), path
 
 
-def test_plot_writes_a_png(pipeline):
+def test_plot_writes_a_png(pipeline, tmp_path):
     from mobilevlm_agent.cli import main
 
     assert main(["plot", str(pipeline["s0"])]) == 0
     assert (pipeline["s0"] / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", str(pipeline["s0"]), str(pipeline["s1"]), "--out", str(tmp_path / "stages.png")]) == 0
+    assert (tmp_path / "stages.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_vision_stage_learns_labels_and_trains_only_vision_and_projector(data_world, tmp_path):
+    """The stand-in for CLIP pretraining: the labels become predictable; the LLM is untouched; the head is dropped."""
+    import json
+
+    from mobilevlm_agent.model.checkpoint import read_state_dict
+    from mobilevlm_agent.train.loop import fit
+    from mobilevlm_agent.train.recipe import load_recipe
+
+    recipe = load_recipe("demo-stagev", overrides(data_world, model="tiny-vlm-v2", data__path=data_world["labels"], max_steps=60,
+                                                    micro_batch=8, global_batch=8, save_every=30, data__num_workers=0, optim__warmup_steps=5))
+    out = fit(recipe, tmp_path / "sv")
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "sv" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.3 * losses[0]
+    after = read_state_dict(out)
+    assert not any(k.startswith("head.") for k in after)
+    from mobilevlm_agent.model.random_init import random_model
+
+    init = random_model("tiny-vlm-v2", seed=0).state_dict()
+    assert all(torch.equal(after[k], init[k]) for k in after if k.startswith("llm."))
+    assert any(not torch.equal(after[k], init[k]) for k in after if k.startswith("vision."))
+    assert any(not torch.equal(after[k], init[k]) for k in after if k.startswith("projector."))
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
