@@ -24,7 +24,7 @@ test-fast: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) -m "not slow"
 
 demo: setup
-	$(VENV)/bin/mobilevlm-agent demo --seed 3 --out $(DEMO_DIR)
+	$(VENV)/bin/mobilevlm-agent demo --model demo --planner oracle --seed 3 --out $(DEMO_DIR)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
@@ -43,4 +43,7 @@ demo-model: setup
 	$(MVA) train demo-stage2a --out $(DM)/s2a --set model=demo-vlm --set tokenizer=$(DM)/tokenizer.model --set "init_from={llm: $(DM)/s1/model, vision: $(DM)/sv/model, projector: $(DM)/sv/model}" --set data.path=$(DM)/data/captions.json
 	$(MVA) train demo-stage2b --out $(DM)/s2b --set model=$(DM)/s2a/model --set data.path=$(DM)/data/llava.json
 	for s in s0 s1 sv s2a s2b; do $(MVA) plot $(DM)/$$s; done
-	$(MVA) eval sim --model $(DM)/s2b/model --episodes 20 --seed 7 | tee $(DM)/eval.txt
+	mkdir -p models/demo && cp $(DM)/s2b/model/config.json $(DM)/s2b/model/model.safetensors $(DM)/s2b/model/tokenizer.model models/demo/
+	$(MVA) plot $(DM)/s0 $(DM)/s1 $(DM)/sv $(DM)/s2a $(DM)/s2b --out models/demo/training_curves.png
+	$(MVA) eval sim --model models/demo --episodes 20 --seed 7 --json > models/demo/eval.json
+	$(PY) -c "import json; from mobilevlm_agent.eval.sim_eval import format_table; print(format_table(json.load(open('models/demo/eval.json'))))" | tee $(DM)/eval.txt

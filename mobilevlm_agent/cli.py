@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mobilevlm_agent.errors import MobileVLMError
+from mobilevlm_agent.errors import InputError, MobileVLMError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
