@@ -21,6 +21,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py") + glob("launch/*.launch.yaml")),
         (f"share/{PACKAGE}/config", glob("config/*")),
         (f"share/{PACKAGE}/models", glob("models/*.yaml")),
+        (f"share/{PACKAGE}/models/demo", glob("models/demo/*")),
     ],
     install_requires=[
         "torch>=2.3",
