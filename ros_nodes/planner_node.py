@@ -20,7 +20,7 @@ from std_msgs.msg import String
 from mobilevlm_agent.agent.actions import ACTIONS
 from mobilevlm_agent.agent.planner import choose_action
 from mobilevlm_agent.chat import ChatSession
-from mobilevlm_agent.errors import InputError, MobileVLMError
+from mobilevlm_agent.errors import InputError
 from mobilevlm_agent.generate import SamplingParams
 from ros_nodes.messages import image_to_tokens, json_from_message, json_message, stamp_seconds, string_from_cdr
 from ros_nodes.model_node import ModelNode
@@ -125,7 +125,7 @@ class PlannerNode(ModelNode):
                 query = self.queries.popleft() if request is None else None  # planning first: the robot is waiting
             try:
                 self.plan(request) if request is not None else self.answer(*query)
-            except MobileVLMError as e:
+            except Exception as e:  # whatever one job raises, the worker lives on to serve the next
                 self.counters.reject("model_error", e)
 
     def current_tokens(self) -> torch.Tensor | None:
