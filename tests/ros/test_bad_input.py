@@ -64,4 +64,4 @@ def test_planner_survives_oversized_and_invalid_queries(spawn, probe, vlm_dir):
     assert int(c["bad_query"]) == 2 and int(c["bad_plan_request"]) == 2 and int(c["answers"]) == 1
     assert planner.alive()
     log = planner.output()
-    assert "bad_query #1:" in log and "limit" in log
+    assert "bad_query #1:" in log and ("limit" in log or "not valid UTF-8" in log)  # whichever arrived first; then throttled
