@@ -1,6 +1,7 @@
 """Image decoding and CLIP preprocessing: expand2square (mean-colour pad), bicubic resize, centre crop, normalise."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -68,3 +69,8 @@ def preprocess(rgb: np.ndarray, image_size: int, pad_to_square: bool = True) -> 
     x = resize_and_crop(rgb, image_size).astype(np.float32) / 255.0
     x = (x - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+
+
+def frame_key(rgb: np.ndarray) -> str:
+    """Identity of a frame's pixels: visual tokens are cached per key, so an unchanged frame is never re-encoded."""
+    return hashlib.blake2b(rgb.tobytes(), digest_size=12).hexdigest() + str(rgb.shape)

@@ -1,7 +1,6 @@
 """encoder_node: ViT + LDP on the latest camera frame only -> visual tokens as a 32FC1 Image (tokens x hidden)."""
 from __future__ import annotations
 
-import hashlib
 import sys
 import threading
 import time
@@ -11,6 +10,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CompressedImage, Image
 
 from mobilevlm_agent.errors import InputError
+from mobilevlm_agent.preprocess import frame_key
 from ros_nodes.messages import compressed_to_rgb, image_to_rgb, tokens_to_image
 from ros_nodes.model_node import ModelNode
 from ros_nodes.node_tools import LATEST_QOS, RELIABLE_QOS, SENSOR_QOS, Param, diagnostics, run
@@ -77,7 +77,7 @@ class EncoderNode(ModelNode):
                 self.counters.reject("encode_error", e)
 
     def publish_tokens(self, header, rgb: np.ndarray) -> None:
-        key = hashlib.blake2b(rgb.tobytes(), digest_size=12).hexdigest() + str(rgb.shape)
+        key = frame_key(rgb)
         if key == self.last_key and self.last_tokens is not None:
             tokens = self.last_tokens  # visual tokens cached per frame
             self.stats["reused"] += 1

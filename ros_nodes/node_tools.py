@@ -13,6 +13,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from std_msgs.msg import Header
 
 SENSOR_QOS = qos_profile_sensor_data  # camera: best effort, keep last 5; matches reliable and best-effort publishers
 RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
@@ -61,13 +62,7 @@ class InputCounters:
 def diagnostics(node: Node, message: str, values: dict[str, Any], level: bytes = DiagnosticStatus.OK, hardware_id: str = "") -> DiagnosticArray:
     status = DiagnosticStatus(level=level, name=f"{node.get_fully_qualified_name()}", message=message, hardware_id=hardware_id,
                               values=[KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()])
-    return DiagnosticArray(header=_header(node), status=[status])
-
-
-def _header(node: Node):
-    from std_msgs.msg import Header
-
-    return Header(stamp=node.get_clock().now().to_msg())
+    return DiagnosticArray(header=Header(stamp=node.get_clock().now().to_msg()), status=[status])
 
 
 def run(make_nodes: Callable[[], list[Node]], args: list[str] | None = None, threads: int = 1) -> None:

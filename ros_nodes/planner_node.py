@@ -128,18 +128,19 @@ class PlannerNode(ModelNode):
             except Exception as e:  # whatever one job raises, the worker lives on to serve the next
                 self.counters.reject("model_error", e)
 
-    def current_tokens(self) -> torch.Tensor | None:
-        if self.tokens is None:
+    def fresh_tokens(self) -> tuple[float, torch.Tensor] | None:
+        """(stamp, visual tokens) of the newest frame, unless older than max_token_age_s."""
+        latest = self.tokens  # one read: the subscription may replace it meanwhile
+        if latest is None or self.get_clock().now().nanoseconds * 1e-9 - latest[0] > self.p.max_token_age_s:
             return None
-        stamp, tokens = self.tokens
-        now = self.get_clock().now().nanoseconds * 1e-9
-        return tokens if now - stamp <= self.p.max_token_age_s else None
+        return latest
 
     def plan(self, request: dict) -> None:
-        tokens = self.current_tokens()
-        if tokens is None:
+        latest = self.fresh_tokens()
+        if latest is None:
             self.counters.reject("no_fresh_visual_tokens", "plan request skipped: no visual tokens within max_token_age_s")
             return
+        image_stamp, tokens = latest
         t0 = time.perf_counter()
         self.session.set_image_features(tokens)
         action, scores = choose_action(self.session, request["instruction"], request.get("history", []))
@@ -148,15 +149,15 @@ class PlannerNode(ModelNode):
         self.stats["plan_ms"] = ms
         if self.active:
             self.action_pub.publish(json_message({"id": request.get("id"), "action": action, "latency_ms": round(ms, 2),
-                                                  "image_stamp": self.tokens[0], "scores": {k: round(v, 3) for k, v in scores.items()}}))
+                                                  "image_stamp": image_stamp, "scores": {k: round(v, 3) for k, v in scores.items()}}))
 
     def answer(self, query_id: int, text: str) -> None:
-        tokens = self.current_tokens()
-        if tokens is None:
+        latest = self.fresh_tokens()
+        if latest is None:
             self.session.image_features = None  # answer from text alone, and say so
             self.counters.add("answered_without_image")
         else:
-            self.session.set_image_features(tokens)
+            self.session.set_image_features(latest[1])
         self.session.reset()
         params = SamplingParams(max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature)
         seq = 0

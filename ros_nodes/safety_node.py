@@ -97,12 +97,10 @@ class SafetyNode(Node):
         self.cmd_pub.publish(twist_message(twist, self.p.stamped, Header(stamp=stamp.to_msg(), frame_id=self.p.frame_id)))
 
     def publish_status(self) -> None:
-        values = {"reason": self.reason, "dry_run": self.governor.dry_run, "estop": self.governor.estopped,
-                  "verdicts": dict(self.governor.counts), "rejected": self.counters.snapshot()}
-        self.status_pub.publish(json_message(values))
-        flat = {"reason": self.reason, "dry_run": self.governor.dry_run, "estop": self.governor.estopped,
-                **{f"verdict_{k}": v for k, v in self.governor.counts.items()}, **self.counters.snapshot()}
-        self.diag_pub.publish(diagnostics(self, self.reason, flat))
+        state = {"reason": self.reason, "dry_run": self.governor.dry_run, "estop": self.governor.estopped}
+        verdicts, rejected = dict(self.governor.counts), self.counters.snapshot()
+        self.status_pub.publish(json_message({**state, "verdicts": verdicts, "rejected": rejected}))
+        self.diag_pub.publish(diagnostics(self, self.reason, {**state, **{f"verdict_{k}": v for k, v in verdicts.items()}, **rejected}))
 
 
 def main(args: list[str] | None = None) -> None:

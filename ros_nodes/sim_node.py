@@ -5,27 +5,24 @@ It is the clock source, so its own timers run on the steady wall clock and it mu
 from __future__ import annotations
 
 import math
-import os
 import sys
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+from geometry_msgs.msg import Twist as TwistMsg
+from geometry_msgs.msg import TwistStamped
+from nav_msgs.msg import Odometry as OdometryMsg
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.time import Time
+from rosgraph_msgs.msg import Clock as ClockMsg
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header, String
 
-from geometry_msgs.msg import Twist as TwistMsg  # noqa: E402
-from geometry_msgs.msg import TwistStamped  # noqa: E402
-from nav_msgs.msg import Odometry as OdometryMsg  # noqa: E402
-from rclpy.clock import Clock, ClockType  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.time import Time  # noqa: E402
-from rosgraph_msgs.msg import Clock as ClockMsg  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from std_msgs.msg import Header, String  # noqa: E402
-
-from mobilevlm_agent.agent.types import Twist  # noqa: E402
-from mobilevlm_agent.errors import InputError  # noqa: E402
-from mobilevlm_agent.sim.scene import SceneSpec  # noqa: E402
-from mobilevlm_agent.sim.world import SimConfig, SimEnv  # noqa: E402
-from ros_nodes.messages import json_message, odometry_message, rgb_to_image, twist_from_message  # noqa: E402
-from ros_nodes.node_tools import RELIABLE_QOS, SENSOR_QOS, InputCounters, Param, declare_parameters, run  # noqa: E402
+from mobilevlm_agent.agent.types import Twist
+from mobilevlm_agent.errors import InputError
+from mobilevlm_agent.sim.scene import SceneSpec
+from mobilevlm_agent.sim.world import SimConfig, SimEnv
+from ros_nodes.messages import json_message, odometry_message, rgb_to_image, twist_from_message
+from ros_nodes.node_tools import RELIABLE_QOS, SENSOR_QOS, InputCounters, Param, declare_parameters, run
 
 PARAMS = (
     Param("scene_seed", 3, "seed of the generated scene (ignored when scene_file is set)"),

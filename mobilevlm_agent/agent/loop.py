@@ -1,12 +1,9 @@
 """The agent loop: perception -> reasoning -> planning -> execution (through the safety governor) -> monitoring."""
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from mobilevlm_agent.agent.actions import ActionSpeeds, action_to_twist, parse_action
 from mobilevlm_agent.agent.planner import Planner
@@ -14,6 +11,7 @@ from mobilevlm_agent.agent.safety import SafetyGovernor
 from mobilevlm_agent.agent.types import Observation, Twist
 from mobilevlm_agent.chat import ChatSession
 from mobilevlm_agent.generate import SamplingParams
+from mobilevlm_agent.preprocess import frame_key
 
 
 @dataclass
@@ -48,15 +46,12 @@ class Agent:
         self.latest = obs
         self.frames_seen += 1
 
-    def _frame_id(self, image: np.ndarray) -> str:
-        return hashlib.blake2b(image.tobytes(), digest_size=12).hexdigest()
-
     # reasoning
     def answer(self, question: str, params: SamplingParams = SamplingParams(max_new_tokens=64)) -> Iterator[str]:
         """Stream an answer about the current view."""
         if self.chat is None or self.latest is None:
             raise RuntimeError("answering needs a chat model and at least one observation")
-        key = self._frame_id(self.latest.image)
+        key = frame_key(self.latest.image)
         if key != self._frame_key:
             self.chat.set_image(self.latest.image)
             self._frame_key = key
