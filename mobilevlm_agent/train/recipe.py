@@ -118,8 +118,17 @@ def _build(cls, data: dict[str, Any], where: str):
             value = _build(sub, value, f"{where}{name}.")
         elif name == "betas":
             value = tuple(value)
+        elif fields[name].type in ("float", float) and isinstance(value, (str, int)) and not isinstance(value, bool):
+            value = _to_float(value, where + name)  # YAML 1.1 reads `6e-4` (no dot) as a string
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _to_float(value: str | int, key: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"recipe key {key} must be a number, got {value!r}") from None
 
 
 def set_override(tree: dict[str, Any], assignment: str) -> None:

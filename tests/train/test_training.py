@@ -171,6 +171,13 @@ def test_recipe_errors_are_clear(tmp_path, data_world):
         load_recipe("nope")
     with pytest.raises(ConfigError, match="data.path .* does not exist.*global_batch 3 is not a multiple"):
         load_recipe("tiny-stage0", ["data.path=/no/such", "global_batch=3"]).resolve(1)
+    with pytest.raises(ConfigError, match="optim.lr must be a number, got 'fast'"):
+        load_recipe("tiny-stage0", ["optim.lr=fast"])
+
+
+def test_exponent_without_a_dot_is_a_float():
+    # YAML 1.1 reads 6e-4 as a string; a user typing it on the command line means the number
+    assert load_recipe("tiny-stage0", ["optim.lr=6e-4"]).optim.lr == pytest.approx(6e-4)
 
 
 def test_every_shipped_recipe_parses():
