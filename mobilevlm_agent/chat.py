@@ -1,6 +1,7 @@
 """A chat session over one image: templates, visual tokens cached per image, KV-cache reuse across turns, streaming."""
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -15,6 +16,8 @@ from mobilevlm_agent.generate import SamplingParams, TextStream, generate_tokens
 from mobilevlm_agent.model.vlm import MobileVLM
 from mobilevlm_agent.preprocess import load_image
 from mobilevlm_agent.tokenizer import IMAGE_TOKEN_INDEX
+
+_IMAGE_IDS = itertools.count(1)
 
 
 @dataclass
@@ -52,7 +55,6 @@ class ChatSession:
             self.template = replace(self.template, system=system)
         self.image_features: torch.Tensor | None = None
         self._image_id = 0
-        self._cached: list[Hashable] = []  # what each KV-cache position currently holds
         self.last_answer: Answer | None = None
         self.reset()
 
@@ -73,7 +75,7 @@ class ChatSession:
         if tuple(features.shape) != expected:
             raise InputError(f"visual tokens must have shape {list(expected)} for {self.model.config.name}, got {list(features.shape)}")
         self.image_features = features.to(self.model.device, self.model.dtype)
-        self._image_id += 1
+        self._image_id = next(_IMAGE_IDS)  # unique across sessions: cached visual tokens are never mistaken
         self.reset()
 
     def ask(self, question: str, image=None, params: SamplingParams = SamplingParams(), on_text: Callable[[str], None] | None = None) -> Answer:
@@ -95,7 +97,7 @@ class ChatSession:
         self.conversation.add_user(question, with_image=first_turn and self.image_features is not None)
         self.conversation.add_assistant(None)
         ids = self.tokenizer.encode_with_image(self.conversation.prompt())
-        keys = self._position_keys(ids)
+        keys = self.position_keys(ids)
         context = self.model.config.llm.max_position_embeddings
         if len(keys) >= context:
             self.conversation.messages[-2:] = []
@@ -105,7 +107,7 @@ class ChatSession:
                 "shorten the question or call reset() to drop the chat history"
             )
         max_new = min(params.max_new_tokens, context - len(keys))
-        start = self._reusable_prefix(keys)
+        start = self.model.llm.reusable_prefix(keys)
         features = self.image_features if IMAGE_TOKEN_INDEX in ids else None
         with torch.inference_mode():
             embeds = self.model.embed(ids, features)[:, start:]
@@ -130,7 +132,7 @@ class ChatSession:
             yield tail
         t_end = time.perf_counter()
         # The last sampled token was never fed back, so the cache holds everything before it.
-        self._cached = keys + generated[:-1]
+        self.model.llm.cache_keys = keys + generated[:-1]
         text = "".join(pieces).strip()
         self.conversation.messages[-1] = (self.template.roles[1], text)
         if generated[-1] == self.tokenizer.eos_id:
@@ -149,7 +151,7 @@ class ChatSession:
         )
         self.last_answer = Answer(text, generated, len(ids) - ids.count(IMAGE_TOKEN_INDEX), self.model.config.num_visual_tokens if features is not None else 0, reason, timings)
 
-    def _position_keys(self, ids: list[int]) -> list[Hashable]:
+    def position_keys(self, ids: list[int]) -> list[Hashable]:
         """One key per sequence position, with each image expanded to its visual tokens."""
         keys: list[Hashable] = []
         for token in ids:
@@ -158,15 +160,3 @@ class ChatSession:
             else:
                 keys.append(token)
         return keys
-
-    def _reusable_prefix(self, keys: list[Hashable]) -> int:
-        if self.model.llm.cache_owner is not self:  # another session (or a clear) has overwritten the cache
-            self._cached = []
-        self.model.llm.cache_owner = self
-        n = 0
-        for cached, key in zip(self._cached, keys):
-            if cached != key:
-                break
-            n += 1
-        return min(n, len(keys) - 1)  # always prefill at least one position to get next-token logits
-

@@ -41,11 +41,25 @@ def test_second_turn_reuses_cache_and_matches_a_fresh_session(tiny_model, scene_
     fresh.set_image(scene_image)
     fresh.conversation = chat.conversation.copy()
     fresh.conversation.messages[-2:] = []
+    tiny_model.llm.clear_cache()  # a cold start: the replay prefills everything
     replay = fresh.ask("And on the left?", params=GREEDY)
     # the second turn prefilled neither the image nor the system prompt again (at least 30 text tokens)
     assert second.timings["prefill_tokens"] <= replay.timings["prefill_tokens"] - tiny_model.config.num_visual_tokens - 30
     assert replay.token_ids == second.token_ids
     assert first.visual_tokens == tiny_model.config.num_visual_tokens
+
+
+def test_a_new_session_reuses_the_cached_system_prompt(tiny_model, scene_image):
+    ChatSession(tiny_model).ask("What is in the image?", image=scene_image, params=GREEDY)
+    other_image = np.full((40, 60, 3), 200, np.uint8)
+    warm = ChatSession(tiny_model).ask("Describe the scene.", image=other_image, params=GREEDY)
+    tiny_model.llm.clear_cache()
+    cold = ChatSession(tiny_model).ask("Describe the scene.", image=other_image, params=GREEDY)
+    system_tokens = len(tiny_model.tokenizer.encode(ChatSession(tiny_model).template.system, bos=True))
+    # the first image's visual tokens were not mistaken for the second's: only the text prefix was reused
+    assert cold.timings["prefill_tokens"] - warm.timings["prefill_tokens"] >= system_tokens - 2
+    assert cold.timings["prefill_tokens"] - warm.timings["prefill_tokens"] < system_tokens + 8
+    assert warm.token_ids == cold.token_ids
 
 
 def test_streamed_text_equals_the_answer(tiny_model, scene_image):

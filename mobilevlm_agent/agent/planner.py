@@ -39,13 +39,15 @@ def score_choices(session: ChatSession, prompt: str, choices: tuple[str, ...]) -
     conv.add_assistant(None)
     prompt_ids = tok.encode_with_image(conv.prompt())
     scores = []
+    keys = session.position_keys(prompt_ids)
+    start = len(keys)
     with torch.inference_mode():
-        prefix = model.embed(prompt_ids, session.image_features)
         replies = [tok.encode(choice + session.template.seps[1], bos=False) for choice in choices]
-        start = prefix.shape[1]
         model.llm.setup_cache(1, start + max(len(r) for r in replies))
-        model.llm.cache_owner = score_choices  # the chat session must not reuse what follows the prefix
-        first = model.llm.prefill(prefix)[0].float().log_softmax(-1)  # the prompt runs once, for every choice
+        cached = model.llm.reusable_prefix(keys)  # e.g. the system prompt, from the previous decision
+        prefix = model.embed(prompt_ids, session.image_features)[:, cached:]
+        first = model.llm.prefill(prefix, cached)[0].float().log_softmax(-1)  # the prompt runs once, for every choice
+        model.llm.cache_keys = list(keys)
         for reply in replies:
             ids = torch.tensor([reply], device=model.device)
             rest = model.llm(input_ids=ids[:, :-1], start=start)[0].float().log_softmax(-1) if len(reply) > 1 else first[:0]

@@ -1,6 +1,8 @@
 """MobileLLaMA: a LLaMA decoder (RMSNorm, rotate-half RoPE, SwiGLU, MHA/GQA) with a preallocated KV cache."""
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -135,8 +137,9 @@ class MobileLLaMA(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
-        # Whoever last wrote the cache (e.g. a ChatSession); a session only reuses cached positions it wrote itself.
-        self.cache_owner: object | None = None
+        # What each cached position holds (a token id, or a key naming one image's visual token), so any caller can
+        # reuse the longest common prefix: the system prompt across queries, the history across chat turns.
+        self.cache_keys: list[Hashable] = []
         self.grad_checkpointing = False  # recompute each layer in backward instead of storing its activations
 
     # -- KV cache ----------------------------------------------------------------------------------------------------
@@ -163,7 +166,16 @@ class MobileLLaMA(nn.Module):
     def clear_cache(self) -> None:
         for layer in self.layers:
             layer.self_attn.kv_cache = None
-        self.cache_owner = None
+        self.cache_keys = []
+
+    def reusable_prefix(self, keys: list[Hashable]) -> int:
+        """How many leading positions of `keys` the cache already holds (at least one is always left to prefill)."""
+        n = 0
+        for cached, key in zip(self.cache_keys, keys):
+            if cached != key:
+                break
+            n += 1
+        return min(n, len(keys) - 1)
 
     @property
     def cache_capacity(self) -> int:
@@ -186,6 +198,8 @@ class MobileLLaMA(nn.Module):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if start > 0 and self.layers[0].self_attn.kv_cache is None:
             raise RuntimeError("start > 0 needs a KV cache holding the earlier positions; call setup_cache first")
+        if self.layers[0].self_attn.kv_cache is not None:
+            del self.cache_keys[start:]  # overwritten now; the caller labels what it wrote
         cos, sin = self.rope(start, x.shape[1], x)
         for layer in self.layers:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():

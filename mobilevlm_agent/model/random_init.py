@@ -12,6 +12,8 @@ from torch import nn
 from mobilevlm_agent.conversation import VICUNA_SYSTEM
 from mobilevlm_agent.model.checkpoint import save_pretrained
 from mobilevlm_agent.model.config import MobileVLMConfig
+from mobilevlm_agent.model.llama import RMSNorm
+from mobilevlm_agent.model.quant import check_mode, model_parts, quantize_part
 from mobilevlm_agent.model.vlm import MobileVLM
 from mobilevlm_agent.tokenizer import Tokenizer, train_tokenizer
 
@@ -27,20 +29,34 @@ def builtin_corpus() -> list[str]:
     return lines
 
 
+@torch.no_grad()
 def init_weights(model: nn.Module, std: float = 0.02) -> None:
-    """HF-style init: normal(0, std) for linear/embedding/conv weights, zero biases, unit norms."""
+    """HF-style init: normal(0, std) for weights and embeddings, zero biases, unit norms. Overwrites every parameter,
+    so it also initialises memory from `to_empty`."""
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
-            nn.init.normal_(module.weight, std=std)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
+        is_norm = isinstance(module, (nn.LayerNorm, RMSNorm))
+        for name, param in module.named_parameters(recurse=False):
+            if name == "bias":
+                param.zero_()
+            elif is_norm:
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, std)
 
 
-def random_model(config: MobileVLMConfig | str, seed: int = 0) -> MobileVLM:
+def random_model(config: MobileVLMConfig | str, seed: int = 0, quant: str = "none", group_size: int = 64, vision_quant: str = "none") -> MobileVLM:
+    """Random weights for any config. With `quant`, each piece is quantised as soon as it exists, so peak memory stays
+    near the quantised size (a 1.7B model at int4 never holds its fp32 weights at once)."""
     config = MobileVLMConfig.from_name(config) if isinstance(config, str) else config
+    check_mode(quant, group_size)
+    check_mode(vision_quant)
     torch.manual_seed(seed)
-    model = MobileVLM(config)
-    init_weights(model)
+    with torch.device("meta"):
+        model = MobileVLM(config)
+    for parent, attr, role in model_parts(model):
+        getattr(parent, attr).to_empty(device="cpu")
+        init_weights(getattr(parent, attr))
+        quantize_part(parent, attr, role, quant, group_size, vision_quant)
     return model.eval()
 
 

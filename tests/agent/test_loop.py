@@ -46,6 +46,19 @@ def test_model_planner_only_emits_grammar_actions(env, tiny_model):
     assert episode.history and set(episode.history) <= set(ACTIONS)
 
 
+def test_planner_scores_match_with_and_without_the_cached_prompt(env, tiny_model):
+    from mobilevlm_agent.agent.planner import choose_action
+
+    session = ChatSession(tiny_model)
+    session.set_image(env.reset(seed=2).image)
+    choose_action(session, "go to the red cube", [])
+    session.set_image(env.reset(seed=5).image)
+    _, warm = choose_action(session, "go to the red cube", ["turn_left"])  # reuses the system prompt's positions
+    tiny_model.llm.clear_cache()
+    _, cold = choose_action(session, "go to the red cube", ["turn_left"])
+    assert warm == pytest.approx(cold, abs=1e-4)
+
+
 def test_answers_stream_about_the_current_view(env, tiny_model):
     obs = env.reset(seed=1)
     agent = Agent(RandomPlanner(), SafetyGovernor(), chat=ChatSession(tiny_model))

@@ -1,0 +1,205 @@
+"""Weight-only quantisation of linear layers for on-board inference.
+
+int8: one scale per output channel (symmetric). int4: groups of `group_size` input weights share a scale and a zero
+point (asymmetric, w = (q - 8) * scale + zero_at_8). Activations stay in floating point; each mode runs on the fastest
+kernel torch has for it on this device, measured in bench/compare.py:
+  int8 on CPU -> fbgemm's dynamic int8 GEMM (activations quantised per call); elsewhere torch's int8 weight-only mm.
+  int4 on CPU -> torch's int4 weight-only mm (bf16 activations); elsewhere the weights are dequantised per call.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilevlm_agent.errors import ConfigError
+
+QUANT_MODES = ("none", "bf16", "fp16", "int8", "int4")
+FLOAT_MODES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_mode(mode: str, group_size: int = 64) -> None:
+    if mode not in QUANT_MODES:
+        raise ConfigError(f"unknown quantisation {mode!r}; choose one of {', '.join(QUANT_MODES)}")
+    if mode == "int4" and group_size not in (32, 64, 128, 256):
+        raise ConfigError(f"int4 group size must be 32, 64, 128 or 256, got {group_size}")
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, K] float -> int8 [N, K] and fp32 scales [N] with weight ≈ q * scale."""
+    w = weight.float()
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[N, K] float -> codes 0..15 (int32 [N, K]), scales and minima (fp32 [N, K / group]); w ≈ q * scale + minimum."""
+    n, k = weight.shape
+    if k % group_size:
+        raise ConfigError(f"int4 needs the input size ({k}) to be a multiple of the group size ({group_size})")
+    w = weight.float().view(n, k // group_size, group_size)
+    low, high = w.amin(-1), w.amax(-1)
+    scale = ((high - low) / 15).clamp(min=1e-10)
+    q = torch.round((w - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32)
+    return q.view(n, k), scale, low
+
+
+def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    n, k = q.shape
+    groups = scale.shape[1]
+    return (q.view(n, groups, k // groups).float() * scale[..., None] + low[..., None]).view(n, k)
+
+
+def _fbgemm_ready() -> bool:
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        q, scale = quantize_int8(weight)
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+        self._packed = None
+        if q.device.type == "cpu" and _fbgemm_ready():
+            with warnings.catch_warnings():  # the quantised-tensor constructors warn that they are deprecated
+                warnings.simplefilter("ignore")
+                qw = torch.quantize_per_channel(q.float() * scale[:, None], scale.double(), torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+                self._packed = torch.ops.quantized.linear_prepack(qw, self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if self._packed is not None and x.device.type == "cpu":
+            y = torch.ops.quantized.linear_dynamic(flat.float(), self._packed, True).to(x.dtype)
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(flat, self.weight_int8, self.scale.to(x.dtype))
+            if self.bias is not None:
+                y = y + self.bias.to(y.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int8 per-channel"
+
+
+class Int4Linear(nn.Module):
+    def __init__(self, weight: torch.Tensor, group_size: int = 64, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.group_size = group_size
+        q, scale, low = quantize_int4(weight, group_size)
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+        packed = None
+        if weight.device.type == "cpu":
+            try:  # [N, K/2] uint8, laid out for torch's CPU kernel
+                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+            except RuntimeError:
+                packed = None
+        self.register_buffer("packed", packed)
+        if self.packed is not None:
+            # the kernel computes (q - 8) * scale + zero, so its zero is the value at code 8
+            self.register_buffer("scale_zero", torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous().to(torch.bfloat16))
+        else:
+            self.register_buffer("codes", (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8))  # two codes a byte
+            self.register_buffer("scale", scale)
+            self.register_buffer("low", low)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if self.packed is not None:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(torch.bfloat16), self.packed, self.group_size, self.scale_zero).to(x.dtype)
+        else:
+            q = torch.stack([self.codes & 15, self.codes >> 4], -1).view(self.out_features, self.in_features).int()
+            y = F.linear(flat, dequantize_int4(q, self.scale, self.low).to(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, int4 group {self.group_size}"
+
+
+def quantize_linears(module: nn.Module, mode: str, group_size: int = 64, skip: Callable[[str], bool] = lambda name: False) -> nn.Module:
+    """Replace every nn.Linear under `module` (in place) by its int8/int4 version; bf16/fp16 cast the whole module.
+
+    An int4 layer whose input size is not a multiple of `group_size` is stored as int8 instead.
+
+    `skip(name)` keeps chosen layers in floating point. Returns the module.
+    """
+    check_mode(mode, group_size)
+    if mode in FLOAT_MODES:
+        return module.to(FLOAT_MODES[mode])
+    if mode == "none":
+        return module
+    for name, child in list(module.named_modules()):
+        for attr, layer in list(child.named_children()):
+            full = f"{name}.{attr}" if name else attr
+            if not isinstance(layer, nn.Linear) or skip(full):
+                continue
+            with torch.no_grad():  # int4 layers whose input does not split into whole groups fall back to int8
+                use_int4 = mode == "int4" and layer.in_features % group_size == 0
+                new = Int4Linear(layer.weight, group_size, layer.bias) if use_int4 else Int8Linear(layer.weight, layer.bias)
+            setattr(child, attr, new)
+    return module
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes held by parameters and buffers (quantised weights included)."""
+    tensors = list(module.parameters()) + [b for b in module.buffers() if b is not None]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def model_parts(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """MobileVLM as (parent, attribute, role) pieces small enough to materialise and quantise one at a time.
+
+    Roles: llm (decoder layers), lm_head, vision (ViT layers), keep (embeddings, norms, projector: left in float).
+    """
+    llm = model.llm
+    parts = [(llm, "embed_tokens", "keep")]
+    parts += [(llm.layers, str(i), "llm") for i in range(len(llm.layers))]
+    parts += [(llm, "norm", "keep"), (llm, "lm_head", "lm_head")]
+    if model.vision is not None:
+        vision = model.vision
+        parts += [(vision, "embeddings", "keep"), (vision, "pre_layrnorm", "keep")]
+        parts += [(vision.encoder.layers, str(i), "vision") for i in range(len(vision.encoder.layers))]
+        parts.append((model, "projector", "keep"))
+    return parts
+
+
+def quantize_part(parent: nn.Module, attr: str, role: str, llm_mode: str, group_size: int, vision_mode: str) -> None:
+    """Quantise one piece in place. bf16/fp16 cast every piece of their side; int modes replace its linears.
+
+    lm_head gets int8 when the decoder is int4: the logits are the most sensitive layer (llama.cpp keeps it wider too).
+    """
+    part = getattr(parent, attr)
+    side_mode = vision_mode if role == "vision" or (role == "keep" and _is_vision_side(parent, attr)) else llm_mode
+    if side_mode in FLOAT_MODES:
+        part.to(FLOAT_MODES[side_mode])
+        return
+    if role == "keep" or side_mode == "none":
+        return
+    if role == "lm_head":
+        mode = "int8" if side_mode == "int4" else side_mode
+        with torch.no_grad():
+            setattr(parent, attr, Int8Linear(part.weight) if mode == "int8" else Int4Linear(part.weight, group_size))
+        return
+    quantize_linears(part, side_mode, group_size)
+
+
+def _is_vision_side(parent: nn.Module, attr: str) -> bool:
+    return attr == "projector" or type(parent).__name__ == "CLIPVisionTower"
+
+
+def quantize_model(model: nn.Module, mode: str = "none", group_size: int = 64, vision_mode: str = "none") -> nn.Module:
+    """Quantise a loaded MobileVLM in place: the decoder to `mode`, the ViT + projector to `vision_mode`."""
+    check_mode(mode, group_size)
+    check_mode(vision_mode)
+    if vision_mode == "int4":
+        raise ConfigError("the vision tower supports none, bf16, fp16 or int8 (int4 costs too much feature accuracy)")
+    for parent, attr, role in model_parts(model):
+        quantize_part(parent, attr, role, mode, group_size, vision_mode)
+    return model
