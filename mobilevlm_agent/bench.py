@@ -213,3 +213,59 @@ def _timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean cosine over rows (positions or visual tokens)."""
+    return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).mean())
+
+
+@torch.inference_mode()
+def llm_quality(model_dir: str, texts: list[str], modes: list[str], group_size: int = 64) -> dict[str, dict[str, float]]:
+    """Per mode: logits cosine vs fp32 and perplexity on `texts` (held-out text the model was not trained on)."""
+    from mobilevlm_agent.model.vlm import MobileVLM
+
+    def load():
+        return MobileVLM.from_pretrained(model_dir, dtype=torch.float32, device="cpu")
+
+    reference = load()
+    ids = [torch.tensor([reference.tokenizer.encode(t)]) for t in texts if t.strip()]
+    ref_logits = [reference.llm(x)[0].float() for x in ids]
+
+    def perplexity(logits: list[torch.Tensor]) -> float:
+        nll = [torch.nn.functional.cross_entropy(lg[:-1], x[0, 1:], reduction="sum") for lg, x in zip(logits, ids)]
+        return float(torch.exp(sum(nll) / sum(x.shape[1] - 1 for x in ids)))
+
+    base_ppl = perplexity(ref_logits)
+    results = {"none": {"logits_cosine": 1.0, "ppl": base_ppl, "ppl_delta": 0.0}}
+    for mode in modes:
+        if mode == "none":
+            continue
+        model = quantize_model(load(), mode, group_size)
+        logits = [model.llm(x)[0].float() for x in ids]
+        ppl = perplexity(logits)
+        results[mode] = {"logits_cosine": statistics.mean(_cosine(a, b) for a, b in zip(logits, ref_logits)), "ppl": ppl, "ppl_delta": ppl - base_ppl}
+    return results
+
+
+@torch.inference_mode()
+def vision_quality(model, pixels: torch.Tensor, modes: list[str]) -> dict[str, float]:
+    """Per vision mode: cosine of the visual tokens (ViT + projector output) against the model as given (fp32).
+
+    Only the vision side is copied, so this also runs for a 1.7B model without duplicating its decoder."""
+    import copy
+
+    from mobilevlm_agent.model.quant import FLOAT_MODES, quantize_linears
+
+    reference = model.encode_images(pixels).float()
+    out = {}
+    for mode in modes:
+        vision, projector = copy.deepcopy(model.vision), copy.deepcopy(model.projector)
+        if mode in FLOAT_MODES:
+            vision.to(FLOAT_MODES[mode])
+            projector.to(FLOAT_MODES[mode])
+        else:
+            quantize_linears(vision.encoder, mode)
+        features = vision(pixels.to(vision.pre_layrnorm.weight.dtype))
+        out[mode] = _cosine(projector(features.to(next(projector.parameters()).dtype)), reference)
+    return out
