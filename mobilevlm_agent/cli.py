@@ -36,6 +36,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     model = MobileVLM.from_pretrained(args.model, dtype=_dtype(args.dtype), device=args.device)
+    if args.quant != "none" or args.vision_quant != "none":
+        from mobilevlm_agent.model.quant import quantize_model
+
+        quantize_model(model, args.quant, args.group_size, args.vision_quant)
     chat = ChatSession(model, template=args.template)
     if args.json:
         answer = chat.ask(args.prompt, image=args.image, params=params)
@@ -282,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--template", help="conversation template: v1 (default for chat) or plain")
+    p.add_argument("--quant", choices=["none", "bf16", "fp16", "int8", "int4"], default="none", help="decoder weights (default: as loaded)")
+    p.add_argument("--group-size", type=int, default=64, help="int4 group size (32, 64, 128, 256)")
+    p.add_argument("--vision-quant", choices=["none", "bf16", "fp16", "int8"], default="none", help="ViT weights (default: as loaded)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
 
     p = add("info", cmd_info)
