@@ -9,7 +9,14 @@ import torch
 
 from mobilevlm_agent.bench import vision_quality
 from mobilevlm_agent.errors import ConfigError
-from mobilevlm_agent.model.quant import Int4Linear, Int8Linear, dequantize_int4, quantize_int4, quantize_model, weight_bytes
+from mobilevlm_agent.model.quant import (
+    Int4Linear,
+    Int8Linear,
+    dequantize_int4,
+    quantize_int4,
+    quantize_model,
+    weight_bytes,
+)
 from mobilevlm_agent.model.random_init import random_model
 
 
