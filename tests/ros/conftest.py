@@ -102,12 +102,17 @@ class Probe:
         rclpy.init(context=self.context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node("probe", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
+        self.subscriptions: dict = {}
         self.executor.add_node(self.node)
 
     def collect(self, msg_type, topic: str, qos, raw: bool = False) -> list:
         got: list = []
-        self.node.create_subscription(msg_type, topic, lambda m: got.append((time.monotonic(), m)), qos, raw=raw)
+        self.subscriptions[topic] = self.node.create_subscription(msg_type, topic, lambda m: got.append((time.monotonic(), m)), qos, raw=raw)
         return got
+
+    def matched(self, *topics: str) -> bool:
+        """Every named subscription has matched a publisher (so nothing published from now on is missed)."""
+        return all(self.subscriptions[t].get_publisher_count() > 0 for t in topics)
 
     def publisher(self, msg_type, topic: str, qos):
         return self.node.create_publisher(msg_type, topic, qos)

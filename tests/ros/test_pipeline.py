@@ -38,6 +38,7 @@ def test_video_to_streamed_answer(spawn, probe, vlm_dir, tmp_path):
     assert t.shape[0] == 16 and np.isfinite(t).all() and header_frame == "camera_optical_frame"  # tiny-vlm-v2: 16 tokens
 
     probe.spin_until(lambda: query.get_subscription_count() > 0, 30, "the planner's query subscription")
+    probe.spin_until(lambda: probe.matched("agent/answer_stream", "agent/answer"), 30, "the planner's answer publishers")
     sent = __import__("time").monotonic()
     query.publish(String(data="What is in the image?"))
     probe.spin_until(lambda: any(json.loads(m.data)["done"] for _, m in chunks), 60, "the end of the streamed answer")
