@@ -74,10 +74,8 @@ def load_bench_model(target: str, backend: str = "torch", quant: str = "none", g
     check_mode(vision_quant)
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "ort":
-        from mobilevlm_agent.runtime.ort import load_ort_model
-
-        return load_ort_model(target, quant=quant, group_size=group_size, threads=torch.get_num_threads())
+    if backend == "ort":  # the ONNX export and its onnxruntime runtime are not written yet
+        raise ConfigError("--backend ort is not available yet: there is no ONNX export in this version; use --backend torch")
     from mobilevlm_agent.model.checkpoint import resolve_model_dir
     from mobilevlm_agent.model.random_init import random_model
     from mobilevlm_agent.model.vlm import MobileVLM
