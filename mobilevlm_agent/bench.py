@@ -15,7 +15,7 @@ import torch
 
 from mobilevlm_agent.errors import CheckpointError, ConfigError
 from mobilevlm_agent.model.config import MobileVLMConfig, available_configs
-from mobilevlm_agent.model.quant import check_mode, quantize_model, weight_bytes
+from mobilevlm_agent.model.quant import check_modes, quantize_model, quantize_part, vision_parts, weight_bytes
 
 BACKENDS = ("torch", "ort")
 
@@ -70,8 +70,7 @@ def median_time(fn: Callable[[], object], repeats: int, device: torch.device) ->
 
 def load_bench_model(target: str, backend: str = "torch", quant: str = "none", group_size: int = 64, vision_quant: str = "none", device: str = "cpu"):
     """A named config (random weights, quantised piece by piece) or a checkpoint directory (its weights, quantised)."""
-    check_mode(quant, group_size)
-    check_mode(vision_quant)
+    check_modes(quant, group_size, vision_quant)
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "ort":  # the ONNX export and its onnxruntime runtime are not written yet
@@ -202,15 +201,8 @@ def memory_bandwidth_gb_s(threads: int, megabytes: int = 512, repeats: int = 5) 
     """Read bandwidth: the best of `repeats` sums over a buffer far larger than any cache (the decode roofline)."""
     torch.set_num_threads(threads)
     buffer = torch.ones(megabytes * 2**20 // 4)
-    buffer.sum()
-    best = min(_timed(buffer.sum) for _ in range(repeats))
-    return buffer.numel() * 4 / best / 1e9
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    _, times = median_time(buffer.sum, repeats, torch.device("cpu"))
+    return buffer.numel() * 4 / min(times) / 1e9
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -253,17 +245,13 @@ def vision_quality(model, pixels: torch.Tensor, modes: list[str]) -> dict[str, f
     Only the vision side is copied, so this also runs for a 1.7B model without duplicating its decoder."""
     import copy
 
-    from mobilevlm_agent.model.quant import FLOAT_MODES, quantize_linears
-
     reference = model.encode_images(pixels).float()
     out = {}
     for mode in modes:
-        vision, projector = copy.deepcopy(model.vision), copy.deepcopy(model.projector)
-        if mode in FLOAT_MODES:
-            vision.to(FLOAT_MODES[mode])
-            projector.to(FLOAT_MODES[mode])
-        else:
-            quantize_linears(vision.encoder, mode)
-        features = vision(pixels.to(vision.pre_layrnorm.weight.dtype))
-        out[mode] = _cosine(projector(features.to(next(projector.parameters()).dtype)), reference)
+        side = torch.nn.Module()
+        side.vision, side.projector = copy.deepcopy(model.vision), copy.deepcopy(model.projector)
+        for parent, attr, _, kind in vision_parts(side):
+            quantize_part(parent, attr, kind, mode, 64)
+        features = side.vision(pixels.to(side.vision.pre_layrnorm.weight.dtype))
+        out[mode] = _cosine(side.projector(features.to(next(side.projector.parameters()).dtype)), reference)
     return out

@@ -169,53 +169,55 @@ def weight_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors) + packed
 
 
-def model_parts(model: nn.Module) -> list[tuple[nn.Module, str, str]]:
-    """MobileVLM as (parent, attribute, role) pieces small enough to materialise and quantise one at a time.
+Part = tuple[nn.Module, str, str, str]  # (parent, attribute, side: llm | vision, kind: linears | head | keep)
 
-    Roles: llm (decoder layers), lm_head, vision (ViT layers), keep (embeddings, norms, projector: left in float).
+
+def vision_parts(owner: nn.Module) -> list[Part]:
+    """The ViT and projector of `owner` (anything with .vision and .projector) as pieces; see model_parts."""
+    vision = owner.vision
+    parts = [(vision, "embeddings", "vision", "keep"), (vision, "pre_layrnorm", "vision", "keep")]
+    parts += [(vision.encoder.layers, str(i), "vision", "linears") for i in range(len(vision.encoder.layers))]
+    return parts + [(owner, "projector", "vision", "keep")]
+
+
+def model_parts(model: nn.Module) -> list[Part]:
+    """MobileVLM as pieces small enough to materialise and quantise one at a time.
+
+    Kinds: linears (decoder / ViT layers: int modes replace their linears), head (lm_head), keep (embeddings, norms,
+    projector: only cast by bf16/fp16).
     """
     llm = model.llm
-    parts = [(llm, "embed_tokens", "keep")]
-    parts += [(llm.layers, str(i), "llm") for i in range(len(llm.layers))]
-    parts += [(llm, "norm", "keep"), (llm, "lm_head", "lm_head")]
-    if model.vision is not None:
-        vision = model.vision
-        parts += [(vision, "embeddings", "keep"), (vision, "pre_layrnorm", "keep")]
-        parts += [(vision.encoder.layers, str(i), "vision") for i in range(len(vision.encoder.layers))]
-        parts.append((model, "projector", "keep"))
-    return parts
+    parts = [(llm, "embed_tokens", "llm", "keep")]
+    parts += [(llm.layers, str(i), "llm", "linears") for i in range(len(llm.layers))]
+    parts += [(llm, "norm", "llm", "keep"), (llm, "lm_head", "llm", "head")]
+    return parts + (vision_parts(model) if model.vision is not None else [])
 
 
-def quantize_part(parent: nn.Module, attr: str, role: str, llm_mode: str, group_size: int, vision_mode: str) -> None:
-    """Quantise one piece in place. bf16/fp16 cast every piece of their side; int modes replace its linears.
+def quantize_part(parent: nn.Module, attr: str, kind: str, mode: str, group_size: int) -> None:
+    """Quantise one piece in place to its side's mode. bf16/fp16 cast every piece; int modes replace linears.
 
-    lm_head gets int8 when the decoder is int4: the logits are the most sensitive layer (llama.cpp keeps it wider too).
+    lm_head is int8 in both int modes: the logits are the most sensitive layer (llama.cpp keeps it wider too).
     """
     part = getattr(parent, attr)
-    side_mode = vision_mode if role == "vision" or (role == "keep" and _is_vision_side(parent, attr)) else llm_mode
-    if side_mode in FLOAT_MODES:
-        part.to(FLOAT_MODES[side_mode])
-        return
-    if role == "keep" or side_mode == "none":
-        return
-    if role == "lm_head":
-        mode = "int8" if side_mode == "int4" else side_mode
+    if mode in FLOAT_MODES:
+        part.to(FLOAT_MODES[mode])
+    elif mode != "none" and kind == "head":
         with torch.no_grad():
-            setattr(parent, attr, Int8Linear(part.weight) if mode == "int8" else Int4Linear(part.weight, group_size))
-        return
-    quantize_linears(part, side_mode, group_size)
-
-
-def _is_vision_side(parent: nn.Module, attr: str) -> bool:
-    return attr == "projector" or type(parent).__name__ == "CLIPVisionTower"
+            setattr(parent, attr, Int8Linear(part.weight))
+    elif mode != "none" and kind == "linears":
+        quantize_linears(part, mode, group_size)
 
 
 def quantize_model(model: nn.Module, mode: str = "none", group_size: int = 64, vision_mode: str = "none") -> nn.Module:
     """Quantise a loaded MobileVLM in place: the decoder to `mode`, the ViT + projector to `vision_mode`."""
+    check_modes(mode, group_size, vision_mode)
+    for parent, attr, side, kind in model_parts(model):
+        quantize_part(parent, attr, kind, mode if side == "llm" else vision_mode, group_size)
+    return model
+
+
+def check_modes(mode: str, group_size: int, vision_mode: str) -> None:
     check_mode(mode, group_size)
     check_mode(vision_mode)
     if vision_mode == "int4":
         raise ConfigError("the vision tower supports none, bf16, fp16 or int8 (int4 costs too much feature accuracy)")
-    for parent, attr, role in model_parts(model):
-        quantize_part(parent, attr, role, mode, group_size, vision_mode)
-    return model

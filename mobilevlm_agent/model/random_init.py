@@ -14,7 +14,7 @@ from mobilevlm_agent.conversation import VICUNA_SYSTEM
 from mobilevlm_agent.model.checkpoint import save_pretrained
 from mobilevlm_agent.model.config import MobileVLMConfig
 from mobilevlm_agent.model.llama import RMSNorm
-from mobilevlm_agent.model.quant import check_mode, model_parts, quantize_part
+from mobilevlm_agent.model.quant import check_modes, model_parts, quantize_part
 from mobilevlm_agent.model.vlm import MobileVLM
 from mobilevlm_agent.tokenizer import Tokenizer, train_tokenizer
 
@@ -49,15 +49,14 @@ def random_model(config: MobileVLMConfig | str, seed: int = 0, quant: str = "non
     """Random weights for any config. With `quant`, each piece is quantised as soon as it exists, so peak memory stays
     near the quantised size (a 1.7B model at int4 never holds its fp32 weights at once)."""
     config = MobileVLMConfig.from_name(config) if isinstance(config, str) else config
-    check_mode(quant, group_size)
-    check_mode(vision_quant)
+    check_modes(quant, group_size, vision_quant)
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = MobileVLM(config)
-    for parent, attr, role in model_parts(model):
+    for parent, attr, side, kind in model_parts(model):
         getattr(parent, attr).to_empty(device="cpu")
         init_weights(getattr(parent, attr))
-        quantize_part(parent, attr, role, quant, group_size, vision_quant)
+        quantize_part(parent, attr, kind, quant if side == "llm" else vision_quant, group_size)
         release_freed_memory()
     return model.eval()
 
