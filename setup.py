@@ -39,7 +39,9 @@ setup(
         "train": ["matplotlib"],
         # GGUF export for llama.cpp, and (bench/compare.py) the process-memory probe
         "export": ["gguf", "psutil"],
-        "test": ["pytest", "pytest-xdist", "hypothesis", "transformers", "matplotlib", "cyclonedds", "gguf"],
+        # the onnxruntime backend (`--backend ort`) and `export onnx`
+        "onnx": ["onnx", "onnxruntime"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "transformers", "matplotlib", "cyclonedds", "gguf", "onnx", "onnxruntime"],
         # ROS 2 Jazzy from PyPI, for machines without a system ROS 2. On a robot that sources its own ROS 2
         # (Humble to Kilted), skip this extra: the nodes use only rclpy APIs common to those distributions.
         "ros": [f"ros-jazzy-{p}" for p in ("rclpy[fastrtps]", "std-msgs", "sensor-msgs", "geometry-msgs", "nav-msgs",

@@ -68,29 +68,72 @@ def median_time(fn: Callable[[], object], repeats: int, device: torch.device) ->
     return statistics.median(times), times
 
 
-def load_bench_model(target: str, backend: str = "torch", quant: str = "none", group_size: int = 64, vision_quant: str = "none", device: str = "cpu"):
-    """A named config (random weights, quantised piece by piece) or a checkpoint directory (its weights, quantised)."""
-    check_modes(quant, group_size, vision_quant)
+def load_bench_model(target: str, backend: str = "torch", quant: str = "none", group_size: int = 64, vision_quant: str = "none", device: str = "cpu",
+                     threads: int | None = None):
+    """A named config (random weights, quantised piece by piece) or a checkpoint directory (its weights, quantised).
+
+    ort: an ONNX export directory runs as it is; a config name or checkpoint is exported to a temporary directory first.
+    """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "ort":  # the ONNX export and its onnxruntime runtime are not written yet
-        raise ConfigError("--backend ort is not available yet: there is no ONNX export in this version; use --backend torch")
-    from mobilevlm_agent.model.checkpoint import resolve_model_dir
+    if backend == "ort":
+        return load_ort_bench_model(target, quant, group_size, vision_quant, threads)
+    check_modes(quant, group_size, vision_quant)
     from mobilevlm_agent.model.random_init import random_model
     from mobilevlm_agent.model.vlm import MobileVLM
 
     if target not in available_configs():  # a checkpoint directory, or a bundled model such as `demo`
-        try:
-            directory = resolve_model_dir(target)
-        except CheckpointError:
-            raise ConfigError(f"{target!r} is neither a checkpoint directory nor a config in models/ ({', '.join(available_configs())})") from None
-        model = MobileVLM.from_pretrained(directory, dtype=torch.float32, device=device)
+        model = MobileVLM.from_pretrained(checkpoint_dir(target), dtype=torch.float32, device=device)
         return quantize_model(model, quant, group_size, vision_quant)
     config = MobileVLMConfig.from_name(target)
     if torch.device(device).type == "cpu":
         return random_model(config, quant=quant, group_size=group_size, vision_quant=vision_quant)
     # the packed int4 layout is CPU-only: quantise on the device itself
     return quantize_model(random_model(config).to(device), quant, group_size, vision_quant)
+
+
+def checkpoint_dir(target: str):
+    from mobilevlm_agent.model.checkpoint import resolve_model_dir
+
+    try:
+        return resolve_model_dir(target)
+    except CheckpointError:
+        raise ConfigError(f"{target!r} is neither a checkpoint directory nor a config in models/ ({', '.join(available_configs())})") from None
+
+
+def load_ort_bench_model(target: str, quant: str, group_size: int, vision_quant: str, threads: int | None):
+    import multiprocessing
+    import tempfile
+    from pathlib import Path
+
+    from mobilevlm_agent.export.onnx import MANIFEST, check_onnx_quant
+    from mobilevlm_agent.model.ort import OrtMobileVLM
+
+    if (Path(target) / MANIFEST).is_file():
+        return OrtMobileVLM(target, threads)
+    check_onnx_quant(quant, group_size)
+    if target not in available_configs():
+        checkpoint_dir(target)  # a clear error before a process starts
+    with tempfile.TemporaryDirectory(prefix="mobilevlm-onnx-") as tmp:
+        # a child process exports, so this one's peak RSS is the onnxruntime model's own
+        child = multiprocessing.get_context("spawn").Process(target=export_for_bench, args=(target, tmp, quant, group_size, vision_quant))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise ConfigError(f"exporting {target} to ONNX failed (exit code {child.exitcode})")
+        return OrtMobileVLM(tmp, threads)  # onnxruntime has read every file by now
+
+
+def export_for_bench(target: str, out: str, quant: str, group_size: int, vision_quant: str) -> None:
+    from mobilevlm_agent.export.onnx import export_model
+    from mobilevlm_agent.model.random_init import random_model
+    from mobilevlm_agent.model.vlm import MobileVLM
+
+    if target in available_configs():
+        model = random_model(MobileVLMConfig.from_name(target))
+    else:
+        model = MobileVLM.from_pretrained(checkpoint_dir(target), dtype=torch.float32, device="cpu")
+    export_model(model, out, quant, group_size, vision_quant)
 
 
 def random_prompt(vocab_size: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -179,17 +222,18 @@ def run_bench(task: str, target: str, backend: str = "torch", quant: str = "none
         torch.set_num_threads(threads)
     if prompt_tokens is None:
         prompt_tokens = 30 if task == "ttft" else 200
-    model = load_bench_model(target, backend, quant, group_size, vision_quant, device)
-    result = BenchResult(task, model.config.name, backend, quant, vision_quant, torch.get_num_threads(), str(model.device), prompt_tokens, new_tokens if task == "decode" else 0)
+    model = load_bench_model(target, backend, quant, group_size, vision_quant, device, threads)
+    result = BenchResult(task, model.config.name, backend, getattr(model, "quant", quant), getattr(model, "vision_quant", None) or vision_quant,
+                         threads or torch.get_num_threads(), str(model.device), prompt_tokens, new_tokens if task == "decode" else 0)
     measured = {"decode": lambda: bench_decode(model, prompt_tokens, new_tokens, repeats),
                 "encode": lambda: bench_encode(model, repeats),
                 "ttft": lambda: bench_ttft(model, prompt_tokens, repeats)}[task]()
     result.runs = measured.pop("runs")
     for key, value in measured.items():
         setattr(result, key, value)
-    llm_bytes = weight_bytes(model.llm)
+    llm_bytes = weight_bytes(model.llm) if isinstance(model.llm, torch.nn.Module) else model.llm.weight_bytes
     embed = model.llm.embed_tokens.weight
-    embed_bytes = embed.numel() * embed.element_size()
+    embed_bytes = embed.nbytes if hasattr(embed, "nbytes") else embed.numel() * embed.element_size()
     result.llm_weight_mb = llm_bytes / 2**20
     if result.decode_tok_s:  # the embedding table is looked up, not streamed
         result.decode_gb_s = (llm_bytes - embed_bytes) * result.decode_tok_s / 1e9

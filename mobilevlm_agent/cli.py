@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mobilevlm_agent.errors import InputError, MobileVLMError
+from mobilevlm_agent.errors import ConfigError, InputError, MobileVLMError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -25,7 +25,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     """
     from mobilevlm_agent.chat import ChatSession
     from mobilevlm_agent.generate import SamplingParams
-    from mobilevlm_agent.model.vlm import MobileVLM
+    from mobilevlm_agent.model.ort import load_model
 
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens,
@@ -35,7 +35,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
     )
-    model = MobileVLM.from_pretrained(args.model, dtype=_dtype(args.dtype), device=args.device)
+    if args.backend == "ort" and (args.quant != "none" or args.vision_quant != "none"):
+        raise ConfigError("--backend ort runs an ONNX export as it was written: choose --quant at `export onnx` time")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, args.backend, dtype=_dtype(args.dtype), device=args.device, threads=args.threads)
     if args.quant != "none" or args.vision_quant != "none":
         from mobilevlm_agent.model.quant import quantize_model
 
@@ -259,6 +263,15 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    """Export a checkpoint for onnxruntime (`--backend ort`): decoder.onnx with a KV cache, vision.onnx, embeddings."""
+    from mobilevlm_agent.export.onnx import export_onnx
+
+    for path in export_onnx(args.model_dir, args.out_dir, args.quant, args.group_size, args.vision_quant):
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilevlm-agent", description="On-board MobileVLM for robots: ask, inspect and convert models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -274,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=text, description=text).add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
 
     p = add("ask", cmd_ask)
-    p.add_argument("--model", required=True, help="checkpoint directory (config.json, weights, tokenizer.model)")
+    p.add_argument("--model", required=True, help="checkpoint directory (config.json, weights, tokenizer.model); with --backend ort, an `export onnx` directory")
+    p.add_argument("--backend", choices=["torch", "ort"], default="torch", help="torch (default) or onnxruntime")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
     p.add_argument("--image", help="image file (any format OpenCV or PIL reads); omit for text-only chat")
     p.add_argument("--prompt", required=True, help="the question")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
@@ -378,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="checkpoint directory or bundled model name (e.g. demo)")
     p.add_argument("out_dir", help="output directory")
     p.add_argument("--quant", choices=["q4_0", "q8_0", "f16"], default="q4_0", help="LLM weights (default q4_0); the mmproj is f16")
+
+    p = add("onnx", cmd_export_onnx, export)
+    p.add_argument("model_dir", help="checkpoint directory or bundled model name (e.g. demo)")
+    p.add_argument("out_dir", help="output directory")
+    p.add_argument("--quant", choices=["none", "int8", "int4"], default="int4", help="decoder weights (default int4; lm_head int8)")
+    p.add_argument("--group-size", type=int, default=32, help="quantisation block: 16, 32 (default), 64, 128, 256")
+    p.add_argument("--vision-quant", choices=["none", "int8"], default="none", help="ViT + projector (default none = fp32)")
 
     p = add("plot", cmd_plot)
     p.add_argument("run_dir", nargs="+", help="a training run directory (several: one loss panel each)")

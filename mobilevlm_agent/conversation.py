@@ -1,4 +1,4 @@
-"""Prompt templates: Vicuna v1 (chat / fine-tuning) and `plain` (projector pretraining), with multi-turn history."""
+"""Prompt templates: Vicuna v1 (chat / fine-tuning; `v1_nosys` without its system prompt) and `plain` (projector pretraining), with multi-turn history."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,6 +27,8 @@ TEMPLATES = {
     "v1": Template("v1", VICUNA_SYSTEM, ("USER", "ASSISTANT"), (" ", "</s>"), ": ", "</s>"),
     # "<image>" + caption + "\n": no roles, no system (projector pretraining)
     "plain": Template("plain", "", ("", ""), ("", "\n"), "", "\n"),
+    # v1 without the system prompt: for small models whose small tokenizer spends ~90 tokens on it
+    "v1_nosys": Template("v1_nosys", "", ("USER", "ASSISTANT"), (" ", "</s>"), ": ", "</s>"),
 }
 
 

@@ -17,6 +17,9 @@ from std_msgs.msg import Header
 
 SENSOR_QOS = qos_profile_sensor_data  # camera: best effort, keep last 5; matches reliable and best-effort publishers
 RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+# an answer's chunks come in bursts faster than a busy reader takes them: keep a whole answer's worth (one chunk a
+# token, so up to max_new_tokens + 2), or the reader sees a gap in `seq`
+STREAM_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 LATEST_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)  # late joiners get the current value

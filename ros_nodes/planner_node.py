@@ -24,7 +24,7 @@ from mobilevlm_agent.errors import InputError
 from mobilevlm_agent.generate import SamplingParams
 from ros_nodes.messages import image_to_tokens, json_from_message, json_message, stamp_seconds, string_from_cdr
 from ros_nodes.model_node import ModelNode
-from ros_nodes.node_tools import LATEST_QOS, RELIABLE_QOS, Param, diagnostics, run
+from ros_nodes.node_tools import LATEST_QOS, RELIABLE_QOS, STREAM_QOS, Param, diagnostics, run
 
 PARAMS = (
     Param("max_new_tokens", 64, "longest answer, in tokens"),
@@ -53,7 +53,7 @@ class PlannerNode(ModelNode):
         self.create_subscription(String, "agent/query", self.on_query, RELIABLE_QOS, raw=True)
         self.create_subscription(String, "agent/plan_request", self.on_plan_request, RELIABLE_QOS)
         self.create_subscription(Image, "agent/visual_tokens", self.on_tokens, LATEST_QOS)
-        self.stream_pub = self.create_lifecycle_publisher(String, "agent/answer_stream", RELIABLE_QOS)
+        self.stream_pub = self.create_lifecycle_publisher(String, "agent/answer_stream", STREAM_QOS)
         self.answer_pub = self.create_lifecycle_publisher(String, "agent/answer", RELIABLE_QOS)
         self.action_pub = self.create_lifecycle_publisher(String, "agent/action", RELIABLE_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_QOS)

@@ -49,10 +49,10 @@ def score_choices(session: ChatSession, prompt: str, choices: tuple[str, ...]) -
         first = model.llm.prefill(prefix, cached)[0].float().log_softmax(-1)  # the prompt runs once, for every choice
         model.llm.cache_keys = list(keys)
         for reply in replies:
-            ids = torch.tensor([reply], device=model.device)
-            rest = model.llm(input_ids=ids[:, :-1], start=start)[0].float().log_softmax(-1) if len(reply) > 1 else first[:0]
-            logprobs = torch.cat([first[None], rest])  # predicts reply[0], reply[1], ...
-            scores.append(float(logprobs.gather(1, ids[0][:, None]).sum()))
+            score = float(first[reply[0]])
+            for pos, (token, following) in enumerate(zip(reply, reply[1:]), start):  # decode_one: any backend has it
+                score += float(model.llm.decode_one(torch.tensor([token], device=model.device), pos)[0].float().log_softmax(-1)[following])
+            scores.append(score)
     return scores
 
 

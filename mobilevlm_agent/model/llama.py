@@ -128,7 +128,31 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class MobileLLaMA(nn.Module):
+class CachedPrefix:
+    """What each cached position holds (a token id, or a key naming one image's visual token), so any caller can
+    reuse the longest common prefix: the system prompt across queries, the history across chat turns. Shared by
+    every decoder backend."""
+
+    cache_keys: list[Hashable]
+
+    def reusable_prefix(self, keys: list[Hashable]) -> int:
+        """How many leading positions of `keys` the cache already holds (at least one is always left to prefill)."""
+        n = 0
+        for cached, key in zip(self.cache_keys, keys):
+            if cached != key:
+                break
+            n += 1
+        return min(n, len(keys) - 1)
+
+
+def grown_capacity(needed: int, current: int) -> int:
+    """KV capacity for `needed` positions: geometric growth (few copies over a long chat), multiples of 64."""
+    if current:
+        needed = max(needed, 2 * current)
+    return (needed + 63) // 64 * 64
+
+
+class MobileLLaMA(nn.Module, CachedPrefix):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -137,8 +161,6 @@ class MobileLLaMA(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
-        # What each cached position holds (a token id, or a key naming one image's visual token), so any caller can
-        # reuse the longest common prefix: the system prompt across queries, the history across chat turns.
         self.cache_keys: list[Hashable] = []
         self.grad_checkpointing = False  # recompute each layer in backward instead of storing its activations
 
@@ -148,9 +170,7 @@ class MobileLLaMA(nn.Module):
         old = self.layers[0].self_attn.kv_cache
         if old is not None and old.k.shape[0] >= batch and old.max_seq >= max_seq:
             return
-        if old is not None:
-            max_seq = max(max_seq, 2 * old.max_seq)  # grow geometrically: few copies over a long chat
-        max_seq = (max_seq + 63) // 64 * 64
+        max_seq = grown_capacity(max_seq, old.max_seq if old is not None else 0)
         p = self.embed_tokens.weight
         # normal tensors even when called under inference_mode, so later no_grad forwards may still write them
         with torch.inference_mode(False), torch.no_grad():
@@ -167,15 +187,6 @@ class MobileLLaMA(nn.Module):
         for layer in self.layers:
             layer.self_attn.kv_cache = None
         self.cache_keys = []
-
-    def reusable_prefix(self, keys: list[Hashable]) -> int:
-        """How many leading positions of `keys` the cache already holds (at least one is always left to prefill)."""
-        n = 0
-        for cached, key in zip(self.cache_keys, keys):
-            if cached != key:
-                break
-            n += 1
-        return min(n, len(keys) - 1)
 
     @property
     def cache_capacity(self) -> int:

@@ -1,7 +1,7 @@
 """Weight-only quantisation of linear layers for on-board inference.
 
 int8: one scale per output channel (symmetric). int4: groups of `group_size` input weights share a scale and a zero
-point (asymmetric, w = (q - 8) * scale + zero_at_8). Activations stay in floating point; each mode runs on the fastest
+point (asymmetric, w = (q - zero) * scale, integer zero points). Activations stay in floating point; each mode runs on the fastest
 kernel torch has for it on this device, measured in bench/compare.py:
   int8 on CPU -> fbgemm's dynamic int8 GEMM (activations quantised per call); elsewhere torch's int8 weight-only mm.
   int4 on CPU -> torch's int4 weight-only mm (bf16 activations); elsewhere the weights are dequantised per call.
@@ -44,26 +44,29 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[N, K] float -> codes 0..15 (int32 [N, K]), scales and minima (fp32 [N, K / group]); w ≈ q * scale + minimum."""
+    """[N, K] float -> codes 0..15 (int32 [N, K]), scales (fp32) and zero points (int32 0..15) per group [N, K / group];
+    w ≈ (q - zero) * scale. Integer zero points are what onnxruntime's fused int4 kernel takes, so both backends
+    share one quantiser."""
     n, k = weight.shape
     if k % group_size:
         raise ConfigError(f"int4 needs the input size ({k}) to be a multiple of the group size ({group_size})")
     q = torch.empty(n, k, dtype=torch.int32, device=weight.device)
     scale = torch.empty(n, k // group_size, dtype=torch.float32, device=weight.device)
-    low = torch.empty_like(scale)
+    zero = torch.empty(n, k // group_size, dtype=torch.int32, device=weight.device)
     for r in range(0, n, ROW_BLOCK):
         w = weight[r : r + ROW_BLOCK].float().view(-1, k // group_size, group_size)
-        lo, hi = w.amin(-1), w.amax(-1)
+        lo, hi = w.amin(-1).clamp(max=0), w.amax(-1).clamp(min=0)  # the range holds 0, so the zero point is a code
         s = ((hi - lo) / 15).clamp(min=1e-10)
-        scale[r : r + ROW_BLOCK], low[r : r + ROW_BLOCK] = s, lo
-        q[r : r + ROW_BLOCK] = torch.round((w - lo[..., None]) / s[..., None]).clamp(0, 15).view(-1, k)
-    return q, scale, low
+        z = torch.round(-lo / s).clamp(0, 15)
+        scale[r : r + ROW_BLOCK], zero[r : r + ROW_BLOCK] = s, z.int()
+        q[r : r + ROW_BLOCK] = (torch.round(w / s[..., None]) + z[..., None]).clamp(0, 15).view(-1, k)
+    return q, scale, zero
 
 
-def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     n, k = q.shape
     groups = scale.shape[1]
-    return (q.view(n, groups, k // groups).float() * scale[..., None] + low[..., None]).view(n, k)
+    return ((q.view(n, groups, k // groups) - zero[..., None]).float() * scale[..., None]).view(n, k)
 
 
 def _fbgemm_ready() -> bool:
@@ -106,7 +109,7 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.group_size = group_size
-        q, scale, low = quantize_int4(weight, group_size)
+        q, scale, zero = quantize_int4(weight, group_size)
         self.register_buffer("bias", None if bias is None else bias.detach().float())
         packed = None
         if weight.device.type == "cpu":
@@ -116,12 +119,12 @@ class Int4Linear(nn.Module):
                 packed = None
         self.register_buffer("packed", packed)
         if self.packed is not None:
-            # the kernel computes (q - 8) * scale + zero, so its zero is the value at code 8
-            self.register_buffer("scale_zero", torch.stack([scale, low + 8 * scale], -1).transpose(0, 1).contiguous().to(torch.bfloat16))
+            # the kernel computes (q - 8) * scale + offset, so its offset is the value at code 8
+            self.register_buffer("scale_zero", torch.stack([scale, (8 - zero) * scale], -1).transpose(0, 1).contiguous().to(torch.bfloat16))
         else:
             self.register_buffer("codes", (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8))  # two codes a byte
             self.register_buffer("scale", scale)
-            self.register_buffer("low", low)
+            self.register_buffer("zero", zero.to(torch.uint8))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -129,7 +132,7 @@ class Int4Linear(nn.Module):
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(torch.bfloat16), self.packed, self.group_size, self.scale_zero).to(x.dtype)
         else:
             q = torch.stack([self.codes & 15, self.codes >> 4], -1).view(self.out_features, self.in_features).int()
-            y = F.linear(flat, dequantize_int4(q, self.scale, self.low).to(x.dtype))
+            y = F.linear(flat, dequantize_int4(q, self.scale, self.zero.int()).to(x.dtype))
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.view(*x.shape[:-1], self.out_features)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -39,6 +40,8 @@ def build_model(recipe: Recipe) -> MobileVLM:
         model.tokenizer = Tokenizer(recipe.tokenizer)
     for part, source in recipe.init_from.items():
         load_part(model, part, source)
+    if recipe.stage in ("sft", "finetune"):  # the saved model chats in the template it was fine-tuned on
+        model.config = dataclasses.replace(model.config, conv_template=recipe.data.template)
     if model.tokenizer is None:
         raise ConfigError(f"{recipe.model} has no tokenizer.model")
     if model.tokenizer.vocab_size > model.config.llm.vocab_size:

@@ -42,8 +42,8 @@ def test_int8_and_int4_layers_track_fp32(linear):
 
 def test_int4_kernel_equals_its_dequantised_weights(linear):
     x = torch.randn(3, 256)
-    q, scale, low = quantize_int4(linear.weight.detach(), 64)
-    expected = x @ dequantize_int4(q, scale, low).T + linear.bias
+    q, scale, zero = quantize_int4(linear.weight.detach(), 64)
+    expected = x @ dequantize_int4(q, scale, zero).T + linear.bias
     assert torch.allclose(Int4Linear(linear.weight, 64, linear.bias)(x), expected, atol=0.02)  # bf16 activations
     assert q.min() >= 0 and q.max() <= 15
 

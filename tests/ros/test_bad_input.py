@@ -9,7 +9,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 
 from ros_nodes.messages import rgb_to_image
-from ros_nodes.node_tools import LATEST_QOS, RELIABLE_QOS, SENSOR_QOS
+from ros_nodes.node_tools import LATEST_QOS, RELIABLE_QOS, SENSOR_QOS, STREAM_QOS
 
 
 def counters(diags, node: str) -> dict:
@@ -46,7 +46,7 @@ def test_encoder_survives_malformed_images(spawn, probe, vlm_dir):
 
 def test_planner_survives_oversized_and_invalid_queries(spawn, probe, vlm_dir):
     planner = spawn("planner_node", {"model": str(vlm_dir), "max_new_tokens": 4, "diagnostics_period_s": 0.2})
-    chunks = probe.collect(String, "agent/answer_stream", RELIABLE_QOS)
+    chunks = probe.collect(String, "agent/answer_stream", STREAM_QOS)
     diags = probe.collect(DiagnosticArray, "/diagnostics", RELIABLE_QOS)
     query = probe.publisher(String, "agent/query", RELIABLE_QOS)
     raw_query = probe.node.create_publisher(String, "agent/query", RELIABLE_QOS)

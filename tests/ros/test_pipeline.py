@@ -9,7 +9,7 @@ from std_msgs.msg import String
 from sensor_msgs.msg import Image
 
 from ros_nodes.messages import image_to_tokens
-from ros_nodes.node_tools import LATEST_QOS, RELIABLE_QOS
+from ros_nodes.node_tools import LATEST_QOS, RELIABLE_QOS, STREAM_QOS
 
 
 def write_video(path, frames: int = 30, size=(160, 120)) -> None:
@@ -28,7 +28,7 @@ def test_video_to_streamed_answer(spawn, probe, vlm_dir, tmp_path):
     spawn("camera_node", {"source": str(video), "rate_hz": 10.0, "width": 160, "height": 120})
     planner = spawn("vlm_composition", {"model": str(vlm_dir), "max_new_tokens": 12})  # encoder + planner, one shared model
     tokens = probe.collect(Image, "agent/visual_tokens", LATEST_QOS)
-    chunks = probe.collect(String, "agent/answer_stream", RELIABLE_QOS)
+    chunks = probe.collect(String, "agent/answer_stream", STREAM_QOS)
     answers = probe.collect(String, "agent/answer", RELIABLE_QOS)
     query = probe.publisher(String, "agent/query", RELIABLE_QOS)
 
