@@ -41,7 +41,7 @@ demo-model: setup
 	$(MVA) train demo-stage1 --out $(DM)/s1 --set model=$(DM)/s0/model --set data.path=$(DM)/data/sharegpt.json
 	$(MVA) train demo-stagev --out $(DM)/sv --set tokenizer=$(DM)/tokenizer.model --set data.path=$(DM)/data/labels.json
 	$(MVA) train demo-stage2a --out $(DM)/s2a --set model=demo-vlm --set tokenizer=$(DM)/tokenizer.model --set "init_from={llm: $(DM)/s1/model, vision: $(DM)/sv/model, projector: $(DM)/sv/model}" --set data.path=$(DM)/data/captions.json
-	$(MVA) train demo-stage2b --out $(DM)/s2b --set model=$(DM)/s2a/model --set data.path=$(DM)/data/llava.json
+	$(MVA) train demo-stage2b --out $(DM)/s2b --set model=$(DM)/s2a/model --set data.path=$(DM)/data/balanced.json
 	for s in s0 s1 sv s2a s2b; do $(MVA) plot $(DM)/$$s; done
 	mkdir -p models/demo && cp $(DM)/s2b/model/config.json $(DM)/s2b/model/model.safetensors $(DM)/s2b/model/tokenizer.model models/demo/
 	$(MVA) plot $(DM)/s0 $(DM)/s1 $(DM)/sv $(DM)/s2a $(DM)/s2b --out models/demo/training_curves.png

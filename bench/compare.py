@@ -36,10 +36,10 @@ def run_json(cmd: list[str], timeout: int = 1800) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def ours(task: str, config: str, quant: str, threads: int, repeats: int, vision_quant: str = "none", group: int = 64) -> dict:
+def ours(task: str, config: str, quant: str, threads: int, repeats: int, vision_quant: str = "none", group: int = 64, backend: str = "torch") -> dict:
     exe = str(Path(sys.executable).parent / "mobilevlm-agent")
-    return run_json([exe, "bench", task, "--config", config, "--quant", quant, "--vision-quant", vision_quant, "--group-size", str(group),
-                     "--threads", str(threads), "--repeats", str(repeats), "--json"])
+    return run_json([exe, "bench", task, "--config", config, "--backend", backend, "--quant", quant, "--vision-quant", vision_quant,
+                     "--group-size", str(group), "--threads", str(threads), "--repeats", str(repeats), "--json"])
 
 
 def worker(name: str, *args: str) -> dict:
@@ -252,9 +252,15 @@ def main() -> None:
         for quant, bits, head_bits in (("none", 32, 32), ("bf16", 16, 16), ("int8", 8 + 32 / 2048, 8), ("int4", 4 + 32 / 64, 8)):
             row = ours("decode", args.llm, quant, t, args.repeats)
             results["llm"].append({"runtime": "ours (torch)", "weights": quant if quant != "none" else "fp32", "bytes_per_token": streamed(bits, head_bits), **row})
+        for quant, bits, head_bits in (("int8", 8 + 32 / 32, 8 + 32 / 32), ("int4", 4 + 36 / 32, 8 + 32 / 32)):  # blocks of 32
+            row = ours("decode", args.llm, quant, t, args.repeats, group=32, backend="ort")
+            results["llm"].append({"runtime": "ours (onnxruntime)", "weights": quant, "bytes_per_token": streamed(bits, head_bits), **row})
         for vq, quant in (("none", "none"), ("bf16", "bf16"), ("int8", "int4")):
             ttft = ours("ttft", args.vlm, quant, t, args.repeats, vision_quant=vq)  # measures the encode too
-            results["vlm"].append({"runtime": f"ours: ViT {vq if vq != 'none' else 'fp32'}, LLM {quant if quant != 'none' else 'fp32'}", **ttft})
+            results["vlm"].append({"runtime": f"ours (torch): ViT {vq if vq != 'none' else 'fp32'}, LLM {quant if quant != 'none' else 'fp32'}", **ttft})
+        for vq in ("none", "int8"):
+            ttft = ours("ttft", args.vlm, "int4", t, args.repeats, vision_quant=vq, group=32, backend="ort")
+            results["vlm"].append({"runtime": f"ours (onnxruntime): ViT {vq if vq != 'none' else 'fp32'}, LLM int4", **ttft})
     if "transformers" not in args.skip:
         for dtype, bits in (("fp32", 32), ("bf16", 16)):
             row = worker("transformers-llm", args.llm, dtype, str(t))

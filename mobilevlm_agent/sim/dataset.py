@@ -149,6 +149,7 @@ def write_dataset(out_dir: str | Path, cfg: DatasetConfig = DatasetConfig()) -> 
     for obj_label in label_counts:
         corpus.append(f"The {obj_label} is in the room. Go to the {obj_label}.")
     (out / "llava.json").write_text(json.dumps(llava))
+    (out / "balanced.json").write_text(json.dumps(balanced(llava)))
     # Stage 2a (plain template, no question) only makes sense on captions, as in the paper's caption pretraining.
     (out / "captions.json").write_text(json.dumps([r for r in llava if r["kind"] == "describe"]))
     (out / "labels.json").write_text(json.dumps({"num_targets": len(TARGET_NAMES), "target_names": TARGET_NAMES, "records": labels}))
@@ -159,6 +160,20 @@ def write_dataset(out_dir: str | Path, cfg: DatasetConfig = DatasetConfig()) -> 
                 "corpus_lines": len(corpus), "dialogues": len(dialogues)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def balanced(samples: list[dict], seed: int = 0) -> list[dict]:
+    """The fine-tuning mix for a small model: as many POPE "No" as "Yes" (3 negatives a view made "No" the marginal
+    answer, and a small model answered it whatever the image) and every navigation "stop" four times (it is ~1 step in
+    12, and the one the episode's success depends on)."""
+    rng = random.Random(seed)
+    answer = lambda r: r["conversations"][1]["value"]  # noqa: E731
+    yes = [r for r in samples if r["kind"] == "pope" and answer(r) == "Yes"]
+    no = [r for r in samples if r["kind"] == "pope" and answer(r) == "No"]
+    stops = [r for r in samples if r["kind"] == "nav" and answer(r) == "stop"]
+    mix = [r for r in samples if r["kind"] != "pope"] + yes + rng.sample(no, min(len(no), len(yes))) + stops * 3
+    rng.shuffle(mix)
+    return mix
 
 
 def navigation_samples(rng: random.Random, env: SimEnv, scene_seed: int, episode: int, out: Path, cfg: DatasetConfig, label_records: list[dict]) -> list[dict]:

@@ -53,3 +53,13 @@ def test_files_feed_the_training_loaders(sim_data, tokenizer, tmp_path, tokenize
     assert sft[0]["pixels"] is None
     manifest = tokenize_corpus([sim_data / "corpus.txt"], tokenizer_path, tmp_path / "tokens")
     assert manifest["documents"] > 0 and len(PackedDataset(tmp_path / "tokens", 32)) > 0
+
+
+def test_balanced_mix_has_as_many_no_as_yes_and_more_stops(sim_data):
+    records = json.loads((sim_data / "llava.json").read_text())
+    mix = json.loads((sim_data / "balanced.json").read_text())
+    answers = lambda rs, kind, a: sum(r["kind"] == kind and r["conversations"][1]["value"] == a for r in rs)  # noqa: E731
+    assert answers(mix, "pope", "No") == answers(mix, "pope", "Yes") == answers(records, "pope", "Yes") > 0
+    assert answers(records, "pope", "No") > answers(records, "pope", "Yes")  # why the mix exists
+    assert answers(mix, "nav", "stop") == 4 * answers(records, "nav", "stop") > 0
+    assert answers(mix, "nav", "forward") == answers(records, "nav", "forward")
