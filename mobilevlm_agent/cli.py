@@ -25,7 +25,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     """
     from mobilevlm_agent.chat import ChatSession
     from mobilevlm_agent.generate import SamplingParams
-    from mobilevlm_agent.model.ort import load_model
+    from mobilevlm_agent.model.checkpoint import load_model
 
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens,

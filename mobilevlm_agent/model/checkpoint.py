@@ -272,6 +272,19 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
     return model.eval()
 
 
+def load_model(target: str | os.PathLike, backend: str = "torch", dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+               threads: int | None = None):
+    """One entry point for every backend: a checkpoint directory (torch) or an `export onnx` directory (ort); both
+    give an object that ChatSession, the planner and bench take."""
+    if backend == "ort":
+        from mobilevlm_agent.model.ort import OrtMobileVLM
+
+        return OrtMobileVLM(target, threads)
+    if backend != "torch":
+        raise ConfigError(f"unknown backend {backend!r}; choose torch or ort")
+    return load_pretrained(target, dtype=dtype, device=device)
+
+
 # -- saving --------------------------------------------------------------------------------------------------------
 def save_pretrained(model: MobileVLM, path: str | os.PathLike, dtype: torch.dtype | None = None, state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write config.json, model.safetensors (official key names) and tokenizer.model; atomic per directory.

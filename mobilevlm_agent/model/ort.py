@@ -152,11 +152,3 @@ class OrtMobileVLM:
     encode_rgb = MobileVLM.encode_rgb
     embed = MobileVLM.embed
 
-
-def load_model(target: str, backend: str = "torch", dtype: torch.dtype | None = None, device: str | None = None, threads: int | None = None):
-    """One entry point for every backend: a checkpoint directory (torch) or an ONNX export directory (ort)."""
-    if backend == "ort":
-        return OrtMobileVLM(target, threads)
-    if backend != "torch":
-        raise ConfigError(f"unknown backend {backend!r}; choose torch or ort")
-    return MobileVLM.from_pretrained(target, dtype=dtype, device=device)
