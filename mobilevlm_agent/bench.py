@@ -125,15 +125,13 @@ def load_ort_bench_model(target: str, quant: str, group_size: int, vision_quant:
 
 
 def export_for_bench(target: str, out: str, quant: str, group_size: int, vision_quant: str) -> None:
-    from mobilevlm_agent.export.onnx import export_model
+    from mobilevlm_agent.export.onnx import export_model, export_onnx
     from mobilevlm_agent.model.random_init import random_model
-    from mobilevlm_agent.model.vlm import MobileVLM
 
     if target in available_configs():
-        model = random_model(MobileVLMConfig.from_name(target))
+        export_model(random_model(MobileVLMConfig.from_name(target)), out, quant, group_size, vision_quant)
     else:
-        model = MobileVLM.from_pretrained(checkpoint_dir(target), dtype=torch.float32, device="cpu")
-    export_model(model, out, quant, group_size, vision_quant)
+        export_onnx(target, out, quant, group_size, vision_quant)
 
 
 def random_prompt(vocab_size: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -233,7 +231,7 @@ def run_bench(task: str, target: str, backend: str = "torch", quant: str = "none
         setattr(result, key, value)
     llm_bytes = weight_bytes(model.llm) if isinstance(model.llm, torch.nn.Module) else model.llm.weight_bytes
     embed = model.llm.embed_tokens.weight
-    embed_bytes = embed.nbytes if hasattr(embed, "nbytes") else embed.numel() * embed.element_size()
+    embed_bytes = embed.nbytes  # a torch tensor or (onnxruntime backend) a NumPy array
     result.llm_weight_mb = llm_bytes / 2**20
     if result.decode_tok_s:  # the embedding table is looked up, not streamed
         result.decode_gb_s = (llm_bytes - embed_bytes) * result.decode_tok_s / 1e9

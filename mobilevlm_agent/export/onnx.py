@@ -93,13 +93,6 @@ class GraphBuilder:
         return self.node("SimplifiedLayerNormalization", [x, w], f"{name}.out", axis=-1, epsilon=eps)[0]
 
 
-def rope_tables(head_dim: int, theta: float, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin [length, head_dim / 2] for GroupQueryAttention's rotate-half RoPE (same frequencies as the torch path)."""
-    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    freqs = np.outer(np.arange(length, dtype=np.float64), inv_freq)
-    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
-
-
 def decoder_graph(model: MobileVLM, quant: str, group_size: int):
     """inputs_embeds [1, S, H] + past KV (shared with present) -> next-token logits [1, 1, V] + present KV.
 
@@ -112,9 +105,10 @@ def decoder_graph(model: MobileVLM, quant: str, group_size: int):
     llm, cfg = model.llm, model.llm.config
     g = GraphBuilder()
     d, kv_heads = cfg.head_dim, cfg.num_key_value_heads
-    cos, sin = rope_tables(d, cfg.rope_theta, cfg.max_position_embeddings)
-    g.constant("cos_cache", cos)
-    g.constant("sin_cache", sin)
+    # GroupQueryAttention takes the first half of the torch path's rotate-half tables: the same frequencies
+    cos, sin = llm.rope(0, cfg.max_position_embeddings, torch.empty(0))
+    g.constant("cos_cache", cos[:, : d // 2].numpy())
+    g.constant("sin_cache", sin[:, : d // 2].numpy())
     inputs = [helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, [1, "sequence", cfg.hidden_size]),
               helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
               helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
@@ -179,7 +173,8 @@ def export_vision(model: MobileVLM, path: Path, quant: str) -> Path:
 
 
 def export_model(model: MobileVLM, out_dir: str | Path, quant: str = "int4", group_size: int = 32, vision_quant: str = "none") -> list[Path]:
-    """Write every file the onnxruntime backend loads (see the module docstring). The model must be fp32 on CPU."""
+    """Write every file the onnxruntime backend loads (see the module docstring). The model is moved to fp32 on CPU
+    in place."""
     onnx = _onnx()
     check_onnx_quant(quant, group_size)
     if vision_quant not in ("none", "int8"):

@@ -60,6 +60,7 @@ class OrtDecoder(CachedPrefix):
         self.cache_keys = []
         self._cache: list = []  # OrtValues [1, kv_heads, capacity, head_dim]: past.0.key, past.0.value, past.1.key, ...
         self._capacity = 0
+        self._binding = None  # the cache buffers stay bound between calls; only the small inputs change
         data = path.with_name(path.name + ".data")
         self.weight_bytes = (data.stat().st_size if data.is_file() else path.stat().st_size) + embed_tokens.weight.nbytes
 
@@ -81,27 +82,29 @@ class OrtDecoder(CachedPrefix):
                 array[:, :, : self._capacity] = self._cache[i].numpy()
             fresh.append(ort.OrtValue.ortvalue_from_numpy(array))
         self._cache, self._capacity = fresh, capacity
+        self._binding = self.session.io_binding()
+        self._binding.bind_output("logits")  # first, so it is get_outputs()[0]; onnxruntime allocates it per run
+        for i in range(cfg.num_hidden_layers):
+            for j, kind in enumerate(("key", "value")):
+                value = self._cache[2 * i + j]  # the same buffer in and out: attention writes the new positions in place
+                self._binding.bind_ortvalue_input(f"past.{i}.{kind}", value)
+                self._binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
 
     def clear_cache(self) -> None:
-        self._cache, self._capacity, self.cache_keys = [], 0, []
+        self._cache, self._capacity, self._binding, self.cache_keys = [], 0, None, []
 
     def _run(self, embeds: np.ndarray, start: int) -> torch.Tensor:
         total = start + embeds.shape[1]
         if total > self._capacity:
             raise RuntimeError(f"positions up to {total} do not fit the KV cache ({self._capacity}); call setup_cache first")
         del self.cache_keys[start:]  # overwritten now; the caller labels what it wrote
-        binding = self.session.io_binding()
+        binding = self._binding
         binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
         binding.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
-        binding.bind_output("logits")
-        for i in range(self.config.num_hidden_layers):
-            for j, kind in enumerate(("key", "value")):
-                value = self._cache[2 * i + j]  # the same buffer in and out: attention writes the new positions in place
-                binding.bind_ortvalue_input(f"past.{i}.{kind}", value)
-                binding.bind_ortvalue_output(f"present.{i}.{kind}", value)
         self.session.run_with_iobinding(binding)
-        return torch.from_numpy(binding.get_outputs()[0].numpy()[:, -1])
+        # a copy: onnxruntime reuses the bound logits buffer on the next run
+        return torch.from_numpy(binding.get_outputs()[0].numpy()[:, -1].copy())
 
     def prefill(self, inputs_embeds: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Positions [start, start+T) after a cached prefix -> next-token logits [1, V]."""
