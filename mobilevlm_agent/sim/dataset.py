@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
 from mobilevlm_agent.agent.actions import action_to_twist
@@ -22,9 +23,8 @@ from mobilevlm_agent.sim.world import ROBOT_RADIUS, SimEnv
 NAV_TEMPLATES = ("go to the {}", "drive to the {}", "navigate to the {}", "find the {} and stop next to it", "move to the {}")
 POPE_SPLITS = ("random", "popular", "adversarial")
 LABELS = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
-WHERE = ("on the left", "ahead", "on the right")
 NEAR = 1.0  # metres: "near" targets of the vision stage (where the planner must decide to stop)
-TARGET_NAMES = tuple(f"{label} {w}" for label in LABELS for w in (*WHERE, "near"))
+VISION_CLASSES = (*LABELS, "near")  # what each visual token of the vision stage learns to tell: the object it shows, and whether it is near
 
 
 def existence_question(label: str) -> str:
@@ -49,20 +49,19 @@ def describe(env: SimEnv, visible: list[ObjectSpec]) -> str:
     return "I see " + ", ".join(f"a {o.label} {where(env, o)}" for o in ordered) + "."
 
 
-def label_record(env: SimEnv, image: str, visible: list[ObjectSpec]) -> dict:
-    """The vision stage's targets for one image: for each visible object, its label x (where it is, whether near)."""
-    targets = set()
-    for obj in visible:
-        base = LABELS.index(obj.label) * 4
-        targets.add(base + WHERE.index(where(env, obj)))
-        if env.distance_to(obj) <= NEAR:
-            targets.add(base + 3)
-    return {"image": image, "targets": sorted(targets)}
+def label_record(env: SimEnv, image: str, mask: str) -> dict:
+    """The vision stage's targets for one view: its object mask, and each object's classes (label, and "near")."""
+    objects = {}
+    for i, obj in enumerate(env.scene.objects):
+        classes = [VISION_CLASSES.index(obj.label)] + ([VISION_CLASSES.index("near")] if env.distance_to(obj) <= NEAR else [])
+        objects[str(i + 1)] = classes
+    return {"image": image, "mask": mask, "objects": objects}
 
 
-def pope_negatives(rng: random.Random, visible: list[ObjectSpec], popular: list[str]) -> dict[str, str]:
-    """One absent label per POPE split: random, popular (frequent in the data), adversarial (shares colour or shape)."""
-    present = {o.label for o in visible}
+def pope_negatives(rng: random.Random, visible: list[ObjectSpec], popular: list[str], glimpsed: list[ObjectSpec]) -> dict[str, str]:
+    """One absent label per POPE split: random, popular (frequent in the data), adversarial (shares colour or shape).
+    Absent means not even a glimpse: a label with a few pixels in view is never asked about."""
+    present = {o.label for o in (*visible, *glimpsed)}
     all_labels = [f"{c} {s}" for c in COLOURS for s in SHAPES]
     absent = [label for label in all_labels if label not in present]
     adversarial = [label for label in absent if any(label.split()[0] == o.colour or label.split()[1] == o.shape for o in visible)]
@@ -80,9 +79,10 @@ def qa_samples(rng: random.Random, env: SimEnv, visible: list[ObjectSpec], popul
            {"q": "How many objects can you see?", "a": str(len(visible)), "kind": "count"}]
     for obj in visible:
         out.append({"q": existence_question(obj.label), "a": "Yes", "kind": "pope", "split": "positive"})
-    for split, label in pope_negatives(rng, visible, popular).items():
+    glimpsed = env.visible_objects(min_pixels=1)  # too small to count as visible, yet there: no question may hinge on them
+    for split, label in pope_negatives(rng, visible, popular, glimpsed).items():
         out.append({"q": existence_question(label), "a": "No", "kind": "pope", "split": split})
-    shapes, colours = Counter(o.shape for o in visible), Counter(o.colour for o in visible)
+    shapes, colours = Counter(o.shape for o in glimpsed), Counter(o.colour for o in glimpsed)
     for obj in visible:
         if shapes[obj.shape] == 1:
             out.append({"q": f"What colour is the {obj.shape}?", "a": obj.colour, "kind": "colour"})
@@ -120,6 +120,7 @@ class DatasetConfig:
 def write_dataset(out_dir: str | Path, cfg: DatasetConfig = DatasetConfig()) -> dict:
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
     rng = random.Random(cfg.seed)
     env = SimEnv()
     llava: list[dict] = []
@@ -135,9 +136,8 @@ def write_dataset(out_dir: str | Path, cfg: DatasetConfig = DatasetConfig()) -> 
         popular = [label for label, _ in label_counts.most_common(5)]
         for v in range(cfg.views_per_scene):
             env.teleport(*(view_towards(rng, env) if v % 4 else random_pose(rng, env)))
-            image = save_image(out, f"s{scene_seed}_v{v}", env)
-            visible = env.visible_objects()
-            labels.append(label_record(env, image, visible))
+            labels.append(save_view(out, f"s{scene_seed}_v{v}", env))
+            image, visible = labels[-1]["image"], env.visible_objects()
             for i, qa in enumerate(qa_samples(rng, env, visible, popular)):
                 llava.append(sample(f"s{scene_seed}_v{v}_q{i}", image, qa["q"], qa["a"], kind=qa["kind"], split=qa.get("split")))
             corpus.append(describe(env, visible))
@@ -152,7 +152,7 @@ def write_dataset(out_dir: str | Path, cfg: DatasetConfig = DatasetConfig()) -> 
     (out / "balanced.json").write_text(json.dumps(balanced(llava)))
     # Stage 2a (plain template, no question) only makes sense on captions, as in the paper's caption pretraining.
     (out / "captions.json").write_text(json.dumps([r for r in llava if r["kind"] == "describe"]))
-    (out / "labels.json").write_text(json.dumps({"num_targets": len(TARGET_NAMES), "target_names": TARGET_NAMES, "records": labels}))
+    (out / "labels.json").write_text(json.dumps({"classes": VISION_CLASSES, "records": labels}))
     (out / "corpus.txt").write_text("\n".join(corpus) + "\n")
     (out / "sharegpt.json").write_text(json.dumps(dialogues))
     kinds = Counter(r["kind"] for r in llava)
@@ -185,8 +185,8 @@ def navigation_samples(rng: random.Random, env: SimEnv, scene_seed: int, episode
     samples, history = [], []
     for step in range(cfg.max_nav_steps):
         action = oracle_action(env, target)
-        image = save_image(out, f"s{scene_seed}_n{episode}_t{step}", env)
-        label_records.append(label_record(env, image, env.visible_objects()))
+        label_records.append(save_view(out, f"s{scene_seed}_n{episode}_t{step}", env))
+        image = label_records[-1]["image"]
         samples.append(sample(f"s{scene_seed}_n{episode}_t{step}", image, nav_prompt(instruction, history), action, kind="nav"))
         env.step(action_to_twist(action), cfg.control_period)
         history.append(action)
@@ -195,10 +195,12 @@ def navigation_samples(rng: random.Random, env: SimEnv, scene_seed: int, episode
     return samples
 
 
-def save_image(out: Path, name: str, env: SimEnv) -> str:
-    path = f"images/{name}.png"
-    cv2.imwrite(str(out / path), cv2.cvtColor(env.render(), cv2.COLOR_RGB2BGR))
-    return path
+def save_view(out: Path, name: str, env: SimEnv) -> dict:
+    """The camera image and its object mask (PNG, 0 = no object, k = scene object k - 1); returns the label record."""
+    image, mask = f"images/{name}.png", f"masks/{name}.png"
+    cv2.imwrite(str(out / image), cv2.cvtColor(env.render(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(out / mask), (env.object_mask() + 1).astype(np.uint8))
+    return label_record(env, image, mask)
 
 
 def sample(sample_id: str, image: str, question: str, answer: str, kind: str, split: str | None = None) -> dict:

@@ -45,7 +45,7 @@ def robot_model(scene: SceneSpec, cfg: SimConfig) -> str:
     <collision name="c"><geometry><cylinder><radius>{ROBOT_RADIUS}</radius><length>0.16</length></cylinder></geometry></collision>
     <visual name="v"><geometry><cylinder><radius>{ROBOT_RADIUS}</radius><length>0.16</length></cylinder></geometry></visual>
     <sensor name="front_camera" type="camera"><pose>{ROBOT_RADIUS - 0.02} 0 {CAMERA_HEIGHT - 0.1} 0 0.17 0</pose><always_on>1</always_on><update_rate>15</update_rate><topic>camera/image_raw</topic>
-      <camera><horizontal_fov>{hfov:.4f}</horizontal_fov><image><width>{cfg.width}</width><height>{cfg.height}</height><format>R8G8B8</format></image><clip><near>0.05</near><far>{cfg.view_range + 2}</far></clip></camera>
+      <camera><horizontal_fov>{hfov:.4f}</horizontal_fov><image><width>{cfg.width}</width><height>{cfg.height}</height><format>R8G8B8</format></image><clip><near>0.05</near><far>{cfg.camera_far}</far></clip></camera>
     </sensor>
   </link>
   <link name="caster"><pose>-0.12 0 0.03 0 0 0</pose><collision name="c"><geometry><sphere><radius>0.03</radius></sphere></geometry><surface><friction><ode><mu>0</mu><mu2>0</mu2></ode></friction></surface></collision></link>

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -140,18 +141,23 @@ class ConversationDataset(Dataset):
 
 
 class LabelDataset(Dataset):
-    """Images with multi-label targets (`sim dataset`'s labels.json): the vision stage's data.
+    """Images with object masks (`sim dataset`'s labels.json): the vision stage's dense targets.
 
-    Record: {"image": path, "targets": [int, ...]}: indices of the positive outputs among `num_targets`.
+    File: {"classes": [name, ...], "records": [{"image": path, "mask": path, "objects": {"k": [class, ...]}}]}. The
+    mask is a PNG of object ids (0 = none); object k carries its classes. A sample's target is [grid * grid, classes]:
+    1 where an object of that class covers a visual token's cell (row-major, as the tokens), under the same padding
+    as the image.
     """
 
-    def __init__(self, path: str | Path, image_size: int, image_folder: str | Path = "", pad_to_square: bool = True) -> None:
+    MIN_COVER = 0.005  # of a cell: ~14 px of a 320x240 frame at a 6x6 grid, enough for a distant ball
+
+    def __init__(self, path: str | Path, image_size: int, grid: int, image_folder: str | Path = "", pad_to_square: bool = True) -> None:
         self.path = Path(path)
         data = json.loads(self.path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or not isinstance(data.get("records"), list) or not isinstance(data.get("num_targets"), int):
-            raise InputError(f"{path}: a labels file is {{'num_targets': N, 'target_names': [...], 'records': [...]}}")
-        self.records, self.num_targets = data["records"], data["num_targets"]
-        self.image_size, self.pad_to_square = image_size, pad_to_square
+        if not isinstance(data, dict) or not isinstance(data.get("records"), list) or not isinstance(data.get("classes"), list):
+            raise InputError(f"{path}: a labels file is {{'classes': [...], 'records': [{{'image', 'mask', 'objects'}}, ...]}}")
+        self.records, self.num_classes = data["records"], len(data["classes"])
+        self.image_size, self.grid, self.pad_to_square = image_size, grid, pad_to_square
         self.image_folder = Path(image_folder) if image_folder else self.path.parent
 
     def __len__(self) -> int:
@@ -159,10 +165,28 @@ class LabelDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         record = self.records[i]
-        target = torch.zeros(self.num_targets)
-        target[[int(t) for t in record["targets"]]] = 1.0
+        mask = cv2.imread(str(self.image_folder / record["mask"]), cv2.IMREAD_UNCHANGED)
+        if mask is None or mask.ndim != 2:
+            raise InputError(f"{self.image_folder / record['mask']}: not a single-channel object mask")
         pixels = preprocess(load_image(self.image_folder / record["image"]), self.image_size, self.pad_to_square)[0]
-        return {"ids": [], "labels": target, "pixels": pixels}
+        return {"ids": [], "labels": self.cell_targets(mask, record["objects"]), "pixels": pixels}
+
+    def cell_targets(self, mask: np.ndarray, objects: dict[str, list[int]]) -> torch.Tensor:
+        h, w = mask.shape
+        if self.pad_to_square:  # expand2square: centred, the pad shows no object
+            side = max(h, w)
+            square = np.zeros((side, side), dtype=mask.dtype)
+            square[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = mask
+        else:  # resize_and_crop keeps the centre square
+            side = min(h, w)
+            square = mask[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
+        target = torch.zeros(self.grid * self.grid, self.num_classes)
+        for k, classes in objects.items():
+            cover = cv2.resize((square == int(k)).astype(np.float32), (self.grid, self.grid), interpolation=cv2.INTER_AREA)
+            cells = torch.from_numpy(cover.ravel() >= self.MIN_COVER)
+            for c in classes:
+                target[cells, int(c)] = 1.0
+        return target
 
 
 def collate(samples: list[dict]) -> dict:

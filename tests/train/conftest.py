@@ -47,9 +47,14 @@ def data_world(tmp_path_factory, tokenizer_path) -> dict:
             finetune.append({"image": name, "conversations": [{"from": "human", "value": "What colour is it?\n<image>"}, {"from": "gpt", "value": f"{c} ."}]})
     finetune.append(sft[0])  # text-only samples mix in
     (root / "pretrain.json").write_text(json.dumps(pretrain))
-    names = [f"{c} {s}" for c in COLOURS for s in SHAPES]  # the vision stage: one target per (colour, shape)
-    (root / "labels.json").write_text(json.dumps({"num_targets": len(names), "target_names": names,
-                                                  "records": [{"image": r["image"], "targets": [i]} for i, r in enumerate(pretrain)]}))
+    (root / "masks").mkdir()
+    records = []  # the vision stage: each drawn shape is object 1, of class (colour, shape)
+    for i, r in enumerate(pretrain):
+        mask = r["image"].replace("images/", "masks/")
+        cv2.imwrite(str(root / mask), (cv2.imread(str(root / r["image"])) != 128).any(-1).astype(np.uint8))
+        records.append({"image": r["image"], "mask": mask, "objects": {"1": [i]}})
+    names = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+    (root / "labels.json").write_text(json.dumps({"classes": names, "records": records}))
     (root / "finetune.jsonl").write_text("\n".join(json.dumps(r) for r in finetune))
     return {"root": root, "tokens": tokens, "sft": root / "sft.json", "pretrain": root / "pretrain.json", "labels": root / "labels.json", "finetune": root / "finetune.jsonl", "tokenizer": tokenizer_path}
 

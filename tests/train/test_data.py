@@ -4,6 +4,8 @@ from __future__ import annotations
 import gzip
 import json
 
+import cv2
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from mobilevlm_agent.conversation import get_template
 from mobilevlm_agent.errors import InputError
 from mobilevlm_agent.model.random_init import random_model
 from mobilevlm_agent.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from mobilevlm_agent.train.datasets import ConversationDataset, PackedDataset, StepSampler
+from mobilevlm_agent.train.datasets import ConversationDataset, LabelDataset, PackedDataset, StepSampler
 from mobilevlm_agent.train.tokenize_data import tokenize_corpus
 
 
@@ -118,3 +120,23 @@ def test_bad_data_errors(tmp_path, tokenizer, tokenizer_path, data_world):
         ConversationDataset(tmp_path / "m.json", tokenizer, "v1", 64, image_size=112, visual_tokens=16)[0]
     with pytest.raises(InputError, match="not a tokenized corpus"):
         PackedDataset(tmp_path, 16)
+
+
+def test_vision_targets_follow_the_mask_through_the_padding(tmp_path):
+    """A 240x320 frame pads to 320x320 (40 rows above and below): an object in the frame's top-left corner lands in
+    cell (0, 0) of a 4x4 grid only below the pad, and one filling the bottom-right cell's frame part lands there."""
+    mask = np.zeros((240, 320), np.uint8)
+    mask[:40, :80] = 1  # rows 40..80 of the padded square: the lower half of cell (0, 0)
+    mask[200:, 240:] = 2  # rows 240..280: the upper half of cell (3, 3)
+    mask[100:102, 150:152] = 3  # 4 px: under MIN_COVER of a 80x80 cell
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    cv2.imwrite(str(tmp_path / "i.png"), np.zeros((240, 320, 3), np.uint8))
+    (tmp_path / "labels.json").write_text(json.dumps({"classes": ["a", "b", "c", "near"], "records": [
+        {"image": "i.png", "mask": "m.png", "objects": {"1": [0, 3], "2": [1], "3": [2]}}]}))
+    sample = LabelDataset(tmp_path / "labels.json", image_size=56, grid=4)[0]
+    target = sample["labels"].reshape(4, 4, 4)
+    assert target[0, 0].tolist() == [1, 0, 0, 1] and target[3, 3].tolist() == [0, 1, 0, 0]
+    assert target.sum() == 3 and sample["pixels"].shape == (3, 56, 56)
+    (tmp_path / "labels.json").write_text(json.dumps({"num_targets": 4, "records": []}))
+    with pytest.raises(InputError, match="labels file"):
+        LabelDataset(tmp_path / "labels.json", image_size=56, grid=4)
