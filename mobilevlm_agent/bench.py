@@ -230,8 +230,8 @@ def run_bench(task: str, target: str, backend: str = "torch", quant: str = "none
     for key, value in measured.items():
         setattr(result, key, value)
     llm_bytes = weight_bytes(model.llm) if isinstance(model.llm, torch.nn.Module) else model.llm.weight_bytes
-    embed = model.llm.embed_tokens.weight
-    embed_bytes = embed.nbytes  # a torch tensor or (onnxruntime backend) a NumPy array
+    embed = model.llm.embed_tokens
+    embed_bytes = weight_bytes(embed) if isinstance(embed, torch.nn.Module) else embed.nbytes  # torch or onnxruntime
     result.llm_weight_mb = llm_bytes / 2**20
     if result.decode_tok_s:  # the embedding table is looked up, not streamed
         result.decode_gb_s = (llm_bytes - embed_bytes) * result.decode_tok_s / 1e9

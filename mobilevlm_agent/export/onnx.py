@@ -191,7 +191,12 @@ def export_model(model: MobileVLM, out_dir: str | Path, quant: str = "int4", gro
     del decoder
     from safetensors.numpy import save_file
 
-    save_file({"embed_tokens": model.llm.embed_tokens.weight.detach().float().numpy()}, out / "embed_tokens.safetensors")
+    table = model.llm.embed_tokens.weight.detach().float()
+    if quant in ("int8", "int4"):  # int8 rows, as the torch backend's Int8Embedding
+        q, scale = quantize_int8(table)
+        save_file({"embed_tokens": q.numpy(), "embed_scale": scale.numpy()}, out / "embed_tokens.safetensors")
+    else:
+        save_file({"embed_tokens": table.numpy()}, out / "embed_tokens.safetensors")
     paths = [out / "decoder.onnx", out / "decoder.onnx.data", out / "embed_tokens.safetensors"]
     if model.vision is not None:
         paths.append(export_vision(model, out / "vision.onnx", vision_quant))

@@ -171,7 +171,7 @@ class MobileLLaMA(nn.Module, CachedPrefix):
         if old is not None and old.k.shape[0] >= batch and old.max_seq >= max_seq:
             return
         max_seq = grown_capacity(max_seq, old.max_seq if old is not None else 0)
-        p = self.embed_tokens.weight
+        p = self.norm.weight  # the activations' dtype and device (the token table may be int8)
         # normal tensors even when called under inference_mode, so later no_grad forwards may still write them
         with torch.inference_mode(False), torch.no_grad():
             for layer in self.layers:

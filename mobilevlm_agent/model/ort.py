@@ -41,13 +41,17 @@ def make_session(path: Path, threads: int | None):
 
 
 class OrtEmbedding:
-    """The token embedding table, looked up in NumPy: ids (torch) -> fp32 embeddings (torch)."""
+    """The token embedding table, looked up in NumPy: ids (torch) -> fp32 embeddings (torch). An int8 table (int
+    exports) has one scale per row."""
 
-    def __init__(self, table: np.ndarray) -> None:
-        self.weight = table
+    def __init__(self, table: np.ndarray, scale: np.ndarray | None = None) -> None:
+        self.weight, self.scale = table, scale
+        self.nbytes = table.nbytes + (scale.nbytes if scale is not None else 0)
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.weight[ids.cpu().numpy()].astype(np.float32, copy=False))
+        ids = ids.cpu().numpy()
+        rows = self.weight[ids].astype(np.float32, copy=False)
+        return torch.from_numpy(rows if self.scale is None else rows * self.scale[ids][..., None])
 
 
 class OrtDecoder(CachedPrefix):
@@ -62,7 +66,7 @@ class OrtDecoder(CachedPrefix):
         self._capacity = 0
         self._binding = None  # the cache buffers stay bound between calls; only the small inputs change
         data = path.with_name(path.name + ".data")
-        self.weight_bytes = (data.stat().st_size if data.is_file() else path.stat().st_size) + embed_tokens.weight.nbytes
+        self.weight_bytes = (data.stat().st_size if data.is_file() else path.stat().st_size) + embed_tokens.nbytes
 
     @property
     def cache_capacity(self) -> int:
@@ -138,8 +142,8 @@ class OrtMobileVLM:
         if not embeddings.is_file():
             raise CheckpointError(f"{directory} lacks embed_tokens.safetensors")
         with safe_open(str(embeddings), framework="np") as f:
-            table = f.get_tensor("embed_tokens")
-        self.llm = OrtDecoder(directory / "decoder.onnx", self.config.llm, OrtEmbedding(table), threads)
+            table = OrtEmbedding(f.get_tensor("embed_tokens"), f.get_tensor("embed_scale") if "embed_scale" in f.keys() else None)
+        self.llm = OrtDecoder(directory / "decoder.onnx", self.config.llm, table, threads)
         self.vision_session = make_session(directory / "vision.onnx", threads) if self.config.vision is not None else None
         tokenizer = directory / "tokenizer.model"
         self.tokenizer = Tokenizer(tokenizer) if tokenizer.is_file() else None

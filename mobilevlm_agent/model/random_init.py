@@ -1,7 +1,6 @@
 """Random-weight checkpoints of any named config: for tests, benchmarks and trying the stack without a download."""
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
 import tempfile
@@ -14,6 +13,7 @@ from mobilevlm_agent.conversation import VICUNA_SYSTEM
 from mobilevlm_agent.model.checkpoint import save_pretrained
 from mobilevlm_agent.model.config import MobileVLMConfig
 from mobilevlm_agent.model.llama import RMSNorm
+from mobilevlm_agent.model.memory import limit_heap_retention, release_freed_memory
 from mobilevlm_agent.model.quant import check_modes, model_parts, quantize_part
 from mobilevlm_agent.model.vlm import MobileVLM
 from mobilevlm_agent.tokenizer import Tokenizer, train_tokenizer
@@ -50,6 +50,8 @@ def random_model(config: MobileVLMConfig | str, seed: int = 0, quant: str = "non
     near the quantised size (a 1.7B model at int4 never holds its fp32 weights at once)."""
     config = MobileVLMConfig.from_name(config) if isinstance(config, str) else config
     check_modes(quant, group_size, vision_quant)
+    if (quant, vision_quant) != ("none", "none"):
+        limit_heap_retention()
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = MobileVLM(config)
@@ -59,14 +61,6 @@ def random_model(config: MobileVLMConfig | str, seed: int = 0, quant: str = "non
         quantize_part(parent, attr, kind, quant if side == "llm" else vision_quant, group_size)
         release_freed_memory()
     return model.eval()
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and peak RSS would count every temporary)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def random_checkpoint(config: MobileVLMConfig | str, out: str | os.PathLike, seed: int = 0, tokenizer: str | os.PathLike | None = None, dtype: torch.dtype | None = None) -> Path:

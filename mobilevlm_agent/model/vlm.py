@@ -44,11 +44,12 @@ class MobileVLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.llm.embed_tokens.weight.device
+        return self.llm.norm.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.llm.embed_tokens.weight.dtype
+        """The activations' dtype (the final norm is never quantised, unlike the token table)."""
+        return self.llm.norm.weight.dtype
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] -> visual tokens [B, N_visual, H] in the LLM's dtype."""

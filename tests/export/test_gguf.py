@@ -72,7 +72,7 @@ def llama_cpp_style_logits(t, f, ids):
     return rms(x, t["output_norm.weight"], eps)[-1] @ t["output.weight"].T
 
 
-@pytest.mark.parametrize("quant, min_cosine", [("f16", 0.9999), ("q8_0", 0.999), ("q4_0", 0.9)])
+@pytest.mark.parametrize("quant, min_cosine", [("f16", 0.9999), ("q8_0", 0.999)])
 def test_llm_gguf_reproduces_our_logits(tiny_vlm_v2_dir, tmp_path, quant, min_cosine):
     paths = export_gguf(str(tiny_vlm_v2_dir), str(tmp_path), quant)
     assert [p.name for p in paths] == [f"model-{quant}.gguf", "mmproj-f16.gguf"]
@@ -86,6 +86,18 @@ def test_llm_gguf_reproduces_our_logits(tiny_vlm_v2_dir, tmp_path, quant, min_co
     theirs = llama_cpp_style_logits(tensors, fields, ids)
     cosine = ours @ theirs / np.linalg.norm(ours) / np.linalg.norm(theirs)
     assert cosine > min_cosine, cosine
+
+
+def test_q4_0_gguf_holds_the_same_weights(tiny_vlm_v2_dir, tmp_path):
+    """q4_0 against f16, tensor by tensor (4-bit logits under this test model's 30x sharpened attention depend on the
+    seed; the weights themselves must sit within Q4_0's rounding error, and output.weight is kept at q8_0)."""
+    q4, _ = read(export_gguf(str(tiny_vlm_v2_dir), str(tmp_path / "q4"), "q4_0")[0])
+    f16, _ = read(export_gguf(str(tiny_vlm_v2_dir), str(tmp_path / "f16"), "f16")[0])
+    assert q4.keys() == f16.keys()
+    for name, ref in f16.items():
+        error = np.linalg.norm(q4[name] - ref) / np.linalg.norm(ref)
+        assert error < (0.01 if name == "output.weight" or ref.ndim == 1 else 0.15), (name, error)
+    assert any(np.linalg.norm(q4[n] - f16[n]) / np.linalg.norm(f16[n]) > 0.02 for n in f16 if n.startswith("blk."))  # really 4-bit
 
 
 def test_mmproj_gguf_names_and_metadata(tiny_vlm_v2_dir, tmp_path):
