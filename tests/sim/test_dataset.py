@@ -44,6 +44,25 @@ def test_pope_negatives_are_absent_and_positives_visible(sim_data):
         assert not yes & no
 
 
+def test_pope_no_answers_have_no_pixel_in_the_object_mask(sim_data):
+    """Masks, label records and POPE agree: a "No" label has not one pixel in its view's object mask."""
+    import cv2
+
+    from mobilevlm_agent.sim.dataset import VISION_CLASSES
+
+    labels = {r["image"]: r for r in json.loads((sim_data / "labels.json").read_text())["records"]}
+    checked = 0
+    for r in json.loads((sim_data / "llava.json").read_text()):
+        if r["kind"] == "pope" and r["conversations"][1]["value"] == "No":
+            label = r["conversations"][0]["value"].removeprefix("<image>\nIs there a ").removesuffix(" in the image?")
+            record = labels[r["image"]]
+            mask = cv2.imread(str(sim_data / record["mask"]), cv2.IMREAD_UNCHANGED)
+            ids = [int(k) for k, classes in record["objects"].items() if VISION_CLASSES.index(label) in classes]
+            assert not any((mask == k).any() for k in ids), (r["id"], label)
+            checked += 1
+    assert checked > 10
+
+
 def test_files_feed_the_training_loaders(sim_data, tokenizer, tmp_path, tokenizer_path):
     llava = ConversationDataset(sim_data / "llava.json", tokenizer, "v1", 256, image_size=112, visual_tokens=16)
     sample = llava[0]
