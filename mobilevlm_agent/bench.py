@@ -229,9 +229,7 @@ def run_bench(task: str, target: str, backend: str = "torch", quant: str = "none
     result.runs = measured.pop("runs")
     for key, value in measured.items():
         setattr(result, key, value)
-    llm_bytes = weight_bytes(model.llm) if isinstance(model.llm, torch.nn.Module) else model.llm.weight_bytes
-    embed = model.llm.embed_tokens
-    embed_bytes = weight_bytes(embed) if isinstance(embed, torch.nn.Module) else embed.nbytes  # torch or onnxruntime
+    llm_bytes, embed_bytes = weight_bytes(model.llm), weight_bytes(model.llm.embed_tokens)  # either backend
     result.llm_weight_mb = llm_bytes / 2**20
     if result.decode_tok_s:  # the embedding table is looked up, not streamed
         result.decode_gb_s = (llm_bytes - embed_bytes) * result.decode_tok_s / 1e9

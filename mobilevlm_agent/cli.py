@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from mobilevlm_agent.errors import ConfigError, InputError, MobileVLMError
+from mobilevlm_agent.model.quant import QUANT_MODES, VISION_QUANT_MODES
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -254,22 +255,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_written(paths: list[Path]) -> int:
+    for path in paths:
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def cmd_export_gguf(args: argparse.Namespace) -> int:
     """Export a checkpoint for llama.cpp: model-QUANT.gguf (MobileLLaMA) and mmproj-f16.gguf (ViT + LDP/LDPv2)."""
     from mobilevlm_agent.export.gguf import export_gguf
 
-    for path in export_gguf(args.model_dir, args.out_dir, args.quant):
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    return 0
+    return print_written(export_gguf(args.model_dir, args.out_dir, args.quant))
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     """Export a checkpoint for onnxruntime (`--backend ort`): decoder.onnx with a KV cache, vision.onnx, embeddings."""
     from mobilevlm_agent.export.onnx import export_onnx
 
-    for path in export_onnx(args.model_dir, args.out_dir, args.quant, args.group_size, args.vision_quant):
-        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    return 0
+    return print_written(export_onnx(args.model_dir, args.out_dir, args.quant, args.group_size, args.vision_quant))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,9 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--template", help="conversation template: v1 (default for chat) or plain")
-    p.add_argument("--quant", choices=["none", "bf16", "fp16", "int8", "int4"], default="none", help="decoder weights (default: as loaded)")
+    p.add_argument("--quant", choices=QUANT_MODES, default="none", help="decoder weights (default: as loaded)")
     p.add_argument("--group-size", type=int, default=64, help="int4 group size (32, 64, 128, 256)")
-    p.add_argument("--vision-quant", choices=["none", "bf16", "fp16", "int8"], default="none", help="ViT weights (default: as loaded)")
+    p.add_argument("--vision-quant", choices=VISION_QUANT_MODES, default="none", help="ViT weights (default: as loaded)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
 
     p = add("info", cmd_info)
@@ -378,9 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", choices=["decode", "encode", "ttft"])
     p.add_argument("--config", required=True, help="config name in models/ (random weights) or a checkpoint directory")
     p.add_argument("--backend", choices=["torch", "ort"], default="torch", help="torch (default) or onnxruntime")
-    p.add_argument("--quant", choices=["none", "bf16", "fp16", "int8", "int4"], default="none", help="decoder weights (default none = fp32)")
+    p.add_argument("--quant", choices=QUANT_MODES, default="none", help="decoder weights (default none = fp32)")
     p.add_argument("--group-size", type=int, default=64, help="int4 group size: 32, 64 (default), 128 or 256")
-    p.add_argument("--vision-quant", choices=["none", "bf16", "fp16", "int8"], default="none", help="ViT weights (default none = fp32)")
+    p.add_argument("--vision-quant", choices=VISION_QUANT_MODES, default="none", help="ViT weights (default none = fp32)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
     p.add_argument("--prompt-tokens", type=int, help="prompt length (default 200; 30 for ttft, plus the visual tokens)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens to decode (default 32)")

@@ -8,7 +8,8 @@ each, so a decode step is five matmuls a layer. The int4 codes come from the sam
 vision.onnx is traced from the torch modules (fixed image size; only the layers the projector reads).
 
 Files in OUT_DIR: decoder.onnx (+ decoder.onnx.data), vision.onnx, embed_tokens.safetensors (looked up, not
-multiplied), onnx_model.json (model config and export settings), tokenizer.model.
+multiplied; int8 rows + per-row scales in int exports), onnx_model.json (model config and export settings),
+tokenizer.model.
 """
 from __future__ import annotations
 

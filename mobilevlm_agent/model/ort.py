@@ -46,7 +46,7 @@ class OrtEmbedding:
 
     def __init__(self, table: np.ndarray, scale: np.ndarray | None = None) -> None:
         self.weight, self.scale = table, scale
-        self.nbytes = table.nbytes + (scale.nbytes if scale is not None else 0)
+        self.weight_bytes = table.nbytes + (scale.nbytes if scale is not None else 0)
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         ids = ids.cpu().numpy()
@@ -66,7 +66,7 @@ class OrtDecoder(CachedPrefix):
         self._capacity = 0
         self._binding = None  # the cache buffers stay bound between calls; only the small inputs change
         data = path.with_name(path.name + ".data")
-        self.weight_bytes = (data.stat().st_size if data.is_file() else path.stat().st_size) + embed_tokens.nbytes
+        self.weight_bytes = (data.stat().st_size if data.is_file() else path.stat().st_size) + embed_tokens.weight_bytes
 
     @property
     def cache_capacity(self) -> int:

@@ -19,6 +19,7 @@ from mobilevlm_agent.errors import ConfigError
 from mobilevlm_agent.model.memory import limit_heap_retention, release_freed_memory
 
 QUANT_MODES = ("none", "bf16", "fp16", "int8", "int4")
+VISION_QUANT_MODES = ("none", "bf16", "fp16", "int8")  # int4 costs the ViT too much feature accuracy
 FLOAT_MODES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -161,38 +162,31 @@ class Int4Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, int4 group {self.group_size}"
 
 
-def quantize_linears(module: nn.Module, mode: str, group_size: int = 64, skip: Callable[[str], bool] = lambda name: False) -> nn.Module:
-    """Replace every nn.Linear under `module` (in place) by its int8/int4 version; bf16/fp16 cast the whole module.
-
-    An int4 layer whose input size is not a multiple of `group_size` is stored as int8 instead.
-
-    `skip(name)` keeps chosen layers in floating point. Returns the module.
-    """
-    check_mode(mode, group_size)
-    if mode in FLOAT_MODES:
-        return module.to(FLOAT_MODES[mode])
-    if mode == "none":
-        return module
-    for name, child in list(module.named_modules()):
+def quantize_linears(module: nn.Module, mode: str, group_size: int = 64) -> nn.Module:
+    """Replace every nn.Linear under `module` (in place) by its int8/int4 version. An int4 layer whose input size is
+    not a multiple of `group_size` is stored as int8 instead. Returns the module."""
+    for child in list(module.modules()):
         for attr, layer in list(child.named_children()):
-            full = f"{name}.{attr}" if name else attr
-            if not isinstance(layer, nn.Linear) or skip(full):
+            if not isinstance(layer, nn.Linear):
                 continue
-            with torch.no_grad():  # int4 layers whose input does not split into whole groups fall back to int8
+            with torch.no_grad():
                 use_int4 = mode == "int4" and layer.in_features % group_size == 0
                 new = Int4Linear(layer.weight, group_size, layer.bias) if use_int4 else Int8Linear(layer.weight, layer.bias)
             setattr(child, attr, new)
     return module
 
 
-def weight_bytes(module: nn.Module) -> int:
-    """Bytes held by parameters and buffers (quantised weights included; KV caches excluded)."""
+def weight_bytes(module) -> int:
+    """Bytes held by parameters and buffers (quantised weights included; KV caches excluded). An onnxruntime piece
+    (model/ort.py) reports its own `weight_bytes`."""
+    if not isinstance(module, nn.Module):
+        return module.weight_bytes
     tensors = list(module.parameters()) + [b for name, b in module.named_buffers() if b is not None and "kv_cache" not in name]
     packed = sum(getattr(m, "packed_bytes", 0) for m in module.modules())
     return sum(t.numel() * t.element_size() for t in tensors) + packed
 
 
-Part = tuple[nn.Module, str, str, str]  # (parent, attribute, side: llm | vision, kind: linears | head | keep)
+Part = tuple[nn.Module, str, str, str]  # (parent, attribute, side: llm | vision, kind: linears | head | embedding | keep)
 
 
 def vision_parts(owner: nn.Module) -> list[Part]:
@@ -235,12 +229,18 @@ def quantize_part(parent: nn.Module, attr: str, kind: str, mode: str, group_size
         quantize_linears(part, mode, group_size)
 
 
-def quantize_model(model: nn.Module, mode: str = "none", group_size: int = 64, vision_mode: str = "none") -> nn.Module:
-    """Quantise a loaded MobileVLM in place: the decoder to `mode`, the ViT + projector to `vision_mode`."""
+def quantize_model(model: nn.Module, mode: str = "none", group_size: int = 64, vision_mode: str = "none",
+                   materialise: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """Quantise a MobileVLM in place, piece by piece: the decoder to `mode`, the ViT + projector to `vision_mode`.
+
+    `materialise(piece)` first fills each piece of a model built on the meta device (see random_model), so only one
+    piece is ever whole in fp32."""
     check_modes(mode, group_size, vision_mode)
     if (mode, vision_mode) != ("none", "none"):
         limit_heap_retention()
     for parent, attr, side, kind in model_parts(model):
+        if materialise is not None:
+            materialise(getattr(parent, attr))
         quantize_part(parent, attr, kind, mode if side == "llm" else vision_mode, group_size)
         release_freed_memory()
     return model
@@ -248,6 +248,5 @@ def quantize_model(model: nn.Module, mode: str = "none", group_size: int = 64, v
 
 def check_modes(mode: str, group_size: int, vision_mode: str) -> None:
     check_mode(mode, group_size)
-    check_mode(vision_mode)
-    if vision_mode == "int4":
-        raise ConfigError("the vision tower supports none, bf16, fp16 or int8 (int4 costs too much feature accuracy)")
+    if vision_mode not in VISION_QUANT_MODES:
+        raise ConfigError(f"the vision tower supports {', '.join(VISION_QUANT_MODES)}, got {vision_mode!r} (int4 costs too much feature accuracy)")

@@ -13,8 +13,7 @@ from mobilevlm_agent.conversation import VICUNA_SYSTEM
 from mobilevlm_agent.model.checkpoint import save_pretrained
 from mobilevlm_agent.model.config import MobileVLMConfig
 from mobilevlm_agent.model.llama import RMSNorm
-from mobilevlm_agent.model.memory import limit_heap_retention, release_freed_memory
-from mobilevlm_agent.model.quant import check_modes, model_parts, quantize_part
+from mobilevlm_agent.model.quant import quantize_model
 from mobilevlm_agent.model.vlm import MobileVLM
 from mobilevlm_agent.tokenizer import Tokenizer, train_tokenizer
 
@@ -49,17 +48,10 @@ def random_model(config: MobileVLMConfig | str, seed: int = 0, quant: str = "non
     """Random weights for any config. With `quant`, each piece is quantised as soon as it exists, so peak memory stays
     near the quantised size (a 1.7B model at int4 never holds its fp32 weights at once)."""
     config = MobileVLMConfig.from_name(config) if isinstance(config, str) else config
-    check_modes(quant, group_size, vision_quant)
-    if (quant, vision_quant) != ("none", "none"):
-        limit_heap_retention()
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = MobileVLM(config)
-    for parent, attr, side, kind in model_parts(model):
-        getattr(parent, attr).to_empty(device="cpu")
-        init_weights(getattr(parent, attr))
-        quantize_part(parent, attr, kind, quant if side == "llm" else vision_quant, group_size)
-        release_freed_memory()
+    quantize_model(model, quant, group_size, vision_quant, materialise=lambda piece: init_weights(piece.to_empty(device="cpu")))
     return model.eval()
 
 
