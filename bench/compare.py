@@ -159,6 +159,24 @@ def fmt(x, digits: int = 1) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def versus_llama_cpp(rows: list[dict]) -> list[str]:
+    """The issue's targets are ratios to llama.cpp at equal bits in the same run: ours (fastest runtime) / llama.cpp."""
+    lines = []
+    for ours_weights, theirs in (("int4", "llama.cpp Q4_0"), ("int8", "llama.cpp Q8_0")):
+        ref = next((r for r in rows if r["runtime"] == theirs and r.get("decode_tok_s")), None)
+        mine = [r for r in rows if r["runtime"].startswith("ours") and r.get("weights") == ours_weights and r.get("decode_tok_s")]
+        if ref and mine:
+            best = max(mine, key=lambda r: r["decode_tok_s"])
+            fast_prefill = max(mine, key=lambda r: r["prefill_tok_s"])
+            lines.append(f"| {ours_weights} vs {theirs} | {best['decode_tok_s'] / ref['decode_tok_s']:.2f}x ({best['runtime']}) | "
+                         f"{fast_prefill['prefill_tok_s'] / ref['prefill_tok_s']:.2f}x ({fast_prefill['runtime']}) |")
+    if not lines:
+        return []
+    return ["", "Against llama.cpp at equal bits (targets: decode >= 1.2x, prefill >= 1.0x). llama.cpp's peak RSS includes "
+            "writing its GGUF from fp32 weights in the same process.", "",
+            "| pair | decode ratio | prefill ratio |", "|---|---|---|", *lines]
+
+
 def report(results: dict, out: Path) -> str:
     bw = results["bandwidth_gb_s"]
     lines = [f"# Performance ({results['machine']})", "", f"Measured in one run of `python bench/compare.py` on {results['date']}, "
@@ -173,6 +191,7 @@ def report(results: dict, out: Path) -> str:
         lines.append(f"| {row['runtime']} | {row.get('weights', '')} | {fmt(row.get('decode_tok_s'))} | {fmt(row.get('prefill_tok_s'))} | "
                      f"{fmt(pct, 0)} | {fmt(row.get('peak_rss_mb'), 0)} | {f'{anchor[0]} / {anchor[1]}' if anchor else ''} |"
                      + (f" {row['error']}" if row.get("error") else ""))
+    lines += versus_llama_cpp(results["llm"])
     lines += ["", f"## Vision encode and time to first token: {results['vlm_config']} dims", "",
               "| runtime | encode ms (ViT + projector) | ttft ms (image + 30-token question) | peak RSS MB |", "|---|---|---|---|"]
     for row in results["vlm"]:

@@ -79,12 +79,11 @@ def load_bench_model(target: str, backend: str = "torch", quant: str = "none", g
     if backend == "ort":
         return load_ort_bench_model(target, quant, group_size, vision_quant, threads)
     check_modes(quant, group_size, vision_quant)
+    from mobilevlm_agent.model.checkpoint import load_pretrained
     from mobilevlm_agent.model.random_init import random_model
-    from mobilevlm_agent.model.vlm import MobileVLM
 
     if target not in available_configs():  # a checkpoint directory, or a bundled model such as `demo`
-        model = MobileVLM.from_pretrained(checkpoint_dir(target), dtype=torch.float32, device=device)
-        return quantize_model(model, quant, group_size, vision_quant)
+        return load_pretrained(checkpoint_dir(target), dtype=torch.float32, device=device, quant=quant, group_size=group_size, vision_quant=vision_quant)
     config = MobileVLMConfig.from_name(target)
     if torch.device(device).type == "cpu":
         return random_model(config, quant=quant, group_size=group_size, vision_quant=vision_quant)
@@ -253,10 +252,10 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.inference_mode()
 def llm_quality(model_dir: str, texts: list[str], modes: list[str], group_size: int = 64) -> dict[str, dict[str, float]]:
     """Per mode: logits cosine vs fp32 and perplexity on `texts` (held-out text the model was not trained on)."""
-    from mobilevlm_agent.model.vlm import MobileVLM
+    from mobilevlm_agent.model.checkpoint import load_pretrained
 
-    def load():
-        return MobileVLM.from_pretrained(model_dir, dtype=torch.float32, device="cpu")
+    def load(mode: str = "none"):
+        return load_pretrained(model_dir, dtype=torch.float32, device="cpu", quant=mode, group_size=group_size)
 
     reference = load()
     ids = [torch.tensor([reference.tokenizer.encode(t)]) for t in texts if t.strip()]
@@ -271,7 +270,7 @@ def llm_quality(model_dir: str, texts: list[str], modes: list[str], group_size: 
     for mode in modes:
         if mode == "none":
             continue
-        model = quantize_model(load(), mode, group_size)
+        model = load(mode)
         logits = [model.llm(x)[0].float() for x in ids]
         ppl = perplexity(logits)
         results[mode] = {"logits_cosine": statistics.mean(_cosine(a, b) for a, b in zip(logits, ref_logits)), "ppl": ppl, "ppl_delta": ppl - base_ppl}

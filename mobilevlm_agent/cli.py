@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from mobilevlm_agent.errors import ConfigError, InputError, MobileVLMError
+from mobilevlm_agent.errors import InputError, MobileVLMError
 from mobilevlm_agent.model.quant import QUANT_MODES, VISION_QUANT_MODES
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -36,15 +36,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
     )
-    if args.backend == "ort" and (args.quant != "none" or args.vision_quant != "none"):
-        raise ConfigError("--backend ort runs an ONNX export as it was written: choose --quant at `export onnx` time")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model, args.backend, dtype=_dtype(args.dtype), device=args.device, threads=args.threads)
-    if args.quant != "none" or args.vision_quant != "none":
-        from mobilevlm_agent.model.quant import quantize_model
-
-        quantize_model(model, args.quant, args.group_size, args.vision_quant)
+    model = load_model(args.model, args.backend, dtype=_dtype(args.dtype), device=args.device, threads=args.threads,
+                       quant=args.quant, group_size=args.group_size, vision_quant=args.vision_quant)
     chat = ChatSession(model, template=args.template)
     if args.json:
         answer = chat.ask(args.prompt, image=args.image, params=params)

@@ -5,6 +5,7 @@ import torch
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 
 from mobilevlm_agent.errors import MobileVLMError
+from mobilevlm_agent.model.checkpoint import load_pretrained
 from mobilevlm_agent.model.vlm import MobileVLM
 from ros_nodes.node_tools import InputCounters, Param, declare_parameters
 
@@ -12,6 +13,9 @@ MODEL_PARAMS = (
     Param("model", "demo", "checkpoint directory, or a bundled model name (demo)"),
     Param("device", "auto", "torch device: auto (cuda when present, else cpu), cpu, cuda, cuda:N"),
     Param("dtype", "auto", "auto (bf16 on cuda, fp32 on cpu), float32, bfloat16, float16"),
+    Param("quant", "none", "decoder weights: none, bf16, fp16, int8, int4 (quantised while loading, piece by piece)"),
+    Param("group_size", 64, "int4 group size (32, 64, 128)"),
+    Param("vision_quant", "none", "ViT + projector weights: none, bf16, fp16, int8"),
     Param("autostart", True, "configure and activate on start; false waits for a lifecycle manager"),
 )
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -41,7 +45,7 @@ class ModelNode(LifecycleNode):
         if self.p.dtype != "auto" and self.p.dtype not in DTYPES:
             raise MobileVLMError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {self.p.dtype!r}")
         dtype = DTYPES.get(self.p.dtype)
-        return MobileVLM.from_pretrained(self.p.model, dtype=dtype, device=device).eval()
+        return load_pretrained(self.p.model, dtype=dtype, device=device, quant=self.p.quant, group_size=self.p.group_size, vision_quant=self.p.vision_quant)
 
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
@@ -51,7 +55,8 @@ class ModelNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.create_entities()
         how = "sharing the process's" if self.shared_model is not None else "loaded"
-        self.get_logger().info(f"{how} {self.model.config.name} on {self.model.device} ({self.model.dtype})")
+        weights = f"decoder {self.p.quant}, vision {self.p.vision_quant}" if self.shared_model is None else "as shared"
+        self.get_logger().info(f"{how} {self.model.config.name} on {self.model.device} ({self.model.dtype}; weights {weights})")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:

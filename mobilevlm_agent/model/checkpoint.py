@@ -13,12 +13,15 @@ import re
 import shutil
 import tempfile
 import zipfile
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from mobilevlm_agent.errors import CheckpointError, ConfigError
 from mobilevlm_agent.model.config import LlamaConfig, MobileVLMConfig, VisionConfig
@@ -69,12 +72,22 @@ def weight_files(directory: Path) -> list[Path]:
     raise CheckpointError(f"no weights in {directory}: expected model.safetensors, *.safetensors or pytorch_model*.bin")
 
 
-def read_weight_file(path: Path) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor of a checkpoint, read only when asked: loading takes one piece of the model at a time."""
+
+    shape: torch.Size
+    read: Callable[[], torch.Tensor]
+
+
+def open_weight_file(path: Path) -> dict[str, StoredTensor]:
+    """Tensors of one file by official key, unread: safetensors through safe_open, .bin through torch.load(mmap=True)."""
     if not path.is_file():
         raise CheckpointError(f"weight file listed in the index is missing: {path}")
     if path.suffix == ".safetensors":
         try:
-            return load_file(path)
+            handle = safe_open(str(path), framework="pt")
+            return {k: StoredTensor(torch.Size(handle.get_slice(k).get_shape()), partial(_read_safetensor, handle, path, k)) for k in handle.keys()}
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"corrupt or truncated safetensors file {path}: {e}") from e
     try:
@@ -88,20 +101,27 @@ def read_weight_file(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"corrupt or truncated checkpoint file {path}: {e}") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is not a state dict of tensors")
-    return state
+    return {k: StoredTensor(v.shape, lambda v=v: v) for k, v in state.items()}  # zip files are mmap'd: pages load on use
 
 
-def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory, under internal key names."""
-    state: dict[str, torch.Tensor] = {}
+def _read_safetensor(handle, path: Path, key: str) -> torch.Tensor:
+    try:
+        return handle.get_tensor(key)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt or truncated safetensors file {path} (tensor {key}): {e}") from e
+
+
+def read_state_dict(directory: Path) -> dict[str, StoredTensor]:
+    """Every tensor of a checkpoint directory under internal key names, unread."""
+    state: dict[str, StoredTensor] = {}
     for path in weight_files(directory):
-        for key, tensor in read_weight_file(path).items():
+        for key, tensor in open_weight_file(path).items():
             state[to_internal(key)] = tensor
     return state
 
 
 # -- config ------------------------------------------------------------------------------------------------------------
-def infer_vision_config(state: dict[str, torch.Tensor], hints: dict[str, Any]) -> VisionConfig:
+def infer_vision_config(state: dict[str, StoredTensor], hints: dict[str, Any]) -> VisionConfig:
     """CLIP shape from the weights: width and patch from the patch conv, image size from the position count."""
     try:
         width, _, patch, _ = state["vision.embeddings.patch_embedding.weight"].shape
@@ -124,7 +144,7 @@ def infer_vision_config(state: dict[str, torch.Tensor], hints: dict[str, Any]) -
     )
 
 
-def config_from_hf(hf: dict[str, Any], state: dict[str, torch.Tensor], name: str) -> MobileVLMConfig:
+def config_from_hf(hf: dict[str, Any], state: dict[str, StoredTensor], name: str) -> MobileVLMConfig:
     if hf.get("rope_scaling"):
         raise CheckpointError(f"rope_scaling {hf['rope_scaling']!r} is not supported")
     try:
@@ -190,11 +210,11 @@ def config_to_hf(cfg: MobileVLMConfig, dtype: torch.dtype) -> dict[str, Any]:
 
 
 # -- loading -------------------------------------------------------------------------------------------------------
-def check_state_dict(model: MobileVLM, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def check_state_dict(model: MobileVLM, state: dict[str, StoredTensor]) -> dict[str, StoredTensor]:
     """Drop keys the model never uses; raise one error listing every missing, unexpected or mis-shaped key."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
     used_layers = model.config.vision_layers_used if model.config.vision else 0
-    kept: dict[str, torch.Tensor] = {}
+    kept: dict[str, StoredTensor] = {}
     unexpected = []
     for key, tensor in state.items():
         m = VISION_LAYER_KEY.match(key)
@@ -245,7 +265,13 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"model directory not found: {path} (give a checkpoint directory, or a bundled name such as 'demo')")
 
 
-def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> MobileVLM:
+def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                    quant: str = "none", group_size: int = 64, vision_quant: str = "none") -> MobileVLM:
+    """Load a checkpoint directory piece by piece (decoder layer, ViT layer, ...), each quantised as soon as it is read:
+    a 1.7B checkpoint loads to int4 without its fp32 weights ever being whole in memory."""
+    from mobilevlm_agent.model.quant import check_modes, quantize_model
+
+    check_modes(quant, group_size, vision_quant)
     directory = resolve_model_dir(path)
     config_path = directory / "config.json"
     if not config_path.is_file():
@@ -266,23 +292,34 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
     with torch.device("meta"):
         model = MobileVLM(config)
     state = check_state_dict(model, state)
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
+    names = {id(module): name for name, module in model.named_modules()}
+
+    def materialise(piece: torch.nn.Module) -> None:
+        prefix = names[id(piece)] + "."
+        piece.load_state_dict({k[len(prefix):]: t.read().to(device=device, dtype=dtype) for k, t in state.items() if k.startswith(prefix)}, assign=True)
+
+    quantize_model(model, quant, group_size, vision_quant, materialise=materialise)
+    unread = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if unread:  # model_parts must cover the whole model
+        raise CheckpointError(f"internal error: {len(unread)} tensors were never loaded, e.g. {unread[0]}")
     if (directory / "tokenizer.model").is_file():
         model.tokenizer = Tokenizer(directory / "tokenizer.model")
     return model.eval()
 
 
 def load_model(target: str | os.PathLike, backend: str = "torch", dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-               threads: int | None = None):
-    """One entry point for every backend: a checkpoint directory (torch) or an `export onnx` directory (ort); both
-    give an object that ChatSession, the planner and bench take."""
+               threads: int | None = None, quant: str = "none", group_size: int = 64, vision_quant: str = "none"):
+    """One entry point for every backend: a checkpoint directory (torch, quantised while loading) or an `export onnx`
+    directory (ort, run as exported); both give an object that ChatSession, the planner and bench take."""
     if backend == "ort":
+        if (quant, vision_quant) != ("none", "none"):
+            raise ConfigError("the ort backend runs an ONNX export as it was written: choose --quant at `export onnx` time")
         from mobilevlm_agent.model.ort import OrtMobileVLM
 
         return OrtMobileVLM(target, threads)
     if backend != "torch":
         raise ConfigError(f"unknown backend {backend!r}; choose torch or ort")
-    return load_pretrained(target, dtype=dtype, device=device)
+    return load_pretrained(target, dtype=dtype, device=device, quant=quant, group_size=group_size, vision_quant=vision_quant)
 
 
 # -- saving --------------------------------------------------------------------------------------------------------

@@ -46,6 +46,29 @@ def test_dtype_is_applied(official_checkpoint):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_quantising_while_loading_matches_quantising_afterwards_and_reads_one_piece_at_a_time(tmp_path, tiny_model, tokenizer_path, fmt, monkeypatch):
+    from mobilevlm_agent.model import checkpoint, quant
+
+    ckpt = write_official_checkpoint(tmp_path / "ckpt", tiny_model, tokenizer_path, fmt, shards=2)
+    later = quant.quantize_model(MobileVLM.from_pretrained(ckpt, dtype=torch.float32, device="cpu"), "int4", 32, "int8")
+    read_before_piece, pieces = [], []
+    opened = checkpoint.open_weight_file
+
+    def counting_open(path):  # count the tensors read by the time each piece is quantised
+        return {k: checkpoint.StoredTensor(t.shape, lambda t=t, k=k: (read_before_piece.append(k), t.read())[1]) for k, t in opened(path).items()}
+
+    quantize_part = quant.quantize_part
+    monkeypatch.setattr(checkpoint, "open_weight_file", counting_open)
+    monkeypatch.setattr(quant, "quantize_part", lambda parent, attr, *a: (pieces.append(len(read_before_piece)), quantize_part(parent, attr, *a))[1])
+    during = checkpoint.load_pretrained(ckpt, dtype=torch.float32, device="cpu", quant="int4", group_size=32, vision_quant="int8")
+    assert len(pieces) > 8 and pieces == sorted(pieces) and pieces[0] < pieces[-1] // 4  # reads spread over the pieces
+    assert len(read_before_piece) == len(set(read_before_piece))  # each tensor read once
+    assert isinstance(during.llm.layers[0].mlp.gate_proj, quant.Int4Linear)
+    for got, expected in zip(outputs(during), outputs(later)):
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
 def rewrite(tmp_path, tiny_model, tokenizer_path, edit_state=None, edit_config=None):
     ckpt = tmp_path / "ckpt"
     sd = official_state_dict(tiny_model)

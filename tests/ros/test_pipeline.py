@@ -26,7 +26,8 @@ def test_video_to_streamed_answer(spawn, probe, vlm_dir, tmp_path):
     video = tmp_path / "clip.avi"
     write_video(video)
     spawn("camera_node", {"source": str(video), "rate_hz": 10.0, "width": 160, "height": 120})
-    planner = spawn("vlm_composition", {"model": str(vlm_dir), "max_new_tokens": 12})  # encoder + planner, one shared model
+    # encoder + planner, one shared model, quantised while loading
+    planner = spawn("vlm_composition", {"model": str(vlm_dir), "max_new_tokens": 12, "quant": "int4", "group_size": 32, "vision_quant": "int8"})
     tokens = probe.collect(Image, "agent/visual_tokens", LATEST_QOS)
     chunks = probe.collect(String, "agent/answer_stream", STREAM_QOS)
     answers = probe.collect(String, "agent/answer", RELIABLE_QOS)
@@ -56,3 +57,4 @@ def test_video_to_streamed_answer(spawn, probe, vlm_dir, tmp_path):
     print(f"query -> first streamed token: {(first_token - sent) * 1000:.0f} ms (node-side TTFT {end['ttft_ms']:.0f} ms)")
     assert planner.alive()
     assert planner.output().count("loaded ") == 1 and "[planner_node]: sharing" in planner.output()  # one model for both nodes
+    assert "weights decoder int4, vision int8" in planner.output()
