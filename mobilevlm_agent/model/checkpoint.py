@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mobilevlm_agent.errors import CheckpointError, ConfigError
@@ -81,15 +79,11 @@ class StoredTensor:
 
 
 def open_weight_file(path: Path) -> dict[str, StoredTensor]:
-    """Tensors of one file by official key, unread: safetensors through safe_open, .bin through torch.load(mmap=True)."""
+    """Tensors of one file by official key, unread: safetensors through its header, .bin through torch.load(mmap=True)."""
     if not path.is_file():
         raise CheckpointError(f"weight file listed in the index is missing: {path}")
     if path.suffix == ".safetensors":
-        try:
-            handle = safe_open(str(path), framework="pt")
-            return {k: StoredTensor(torch.Size(handle.get_slice(k).get_shape()), partial(_read_safetensor, handle, path, k)) for k in handle.keys()}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"corrupt or truncated safetensors file {path}: {e}") from e
+        return open_safetensors(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
@@ -104,11 +98,51 @@ def open_weight_file(path: Path) -> dict[str, StoredTensor]:
     return {k: StoredTensor(v.shape, lambda v=v: v) for k, v in state.items()}  # zip files are mmap'd: pages load on use
 
 
-def _read_safetensor(handle, path: Path, key: str) -> torch.Tensor:
-    try:
-        return handle.get_tensor(key)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"corrupt or truncated safetensors file {path} (tensor {key}): {e}") from e
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+                      "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def open_safetensors(path: Path) -> dict[str, StoredTensor]:
+    """Read the header only; each tensor is read later with plain file reads. Not mmap: touched pages of a mapping
+    count as our resident memory, and a 1.7B checkpoint read through one stayed resident at its full 3.3 GB."""
+    def corrupt(why: str) -> CheckpointError:
+        return CheckpointError(f"corrupt or truncated safetensors file {path}: {why}")
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= min(size - 8, 100 << 20):
+            raise corrupt("bad header length")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise corrupt(f"header is not JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise corrupt("header is not a JSON object")
+    header.pop("__metadata__", None)
+    data_start, data_len, tensors, end_max = 8 + n, size - 8 - n, {}, 0
+    for key, entry in header.items():
+        try:
+            dtype, shape, (begin, end) = SAFETENSORS_DTYPES[entry["dtype"]], torch.Size(entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise corrupt(f"bad entry for {key!r} ({e})") from e
+        if not (0 <= begin <= end <= data_len and end - begin == shape.numel() * dtype.itemsize):
+            raise corrupt(f"tensor {key!r} lies outside the file or does not match its shape")
+        end_max = max(end_max, end)
+        tensors[key] = StoredTensor(shape, partial(_read_tensor, path, data_start + begin, end - begin, dtype, shape))
+    if end_max != data_len:
+        raise corrupt(f"{data_len - end_max} bytes after the last tensor")
+    return tensors
+
+
+def _read_tensor(path: Path, offset: int, nbytes: int, dtype: torch.dtype, shape: torch.Size) -> torch.Tensor:
+    buffer = bytearray(nbytes)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        if f.readinto(buffer) != nbytes:
+            raise CheckpointError(f"corrupt or truncated safetensors file {path}: file shrank while loading")
+    return torch.frombuffer(buffer, dtype=dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
 
 
 def read_state_dict(directory: Path) -> dict[str, StoredTensor]:

@@ -118,6 +118,30 @@ def test_truncated_safetensors(tmp_path, official_checkpoint):
         MobileVLM.from_pretrained(ckpt, device="cpu")
 
 
+@pytest.mark.parametrize("damage", ["header length", "header json", "offsets", "trailing bytes"])
+def test_damaged_safetensors_header(tmp_path, official_checkpoint, damage):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(official_checkpoint, ckpt)
+    data = bytearray((ckpt / "model.safetensors").read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    if damage == "header length":
+        data[:8] = (len(data) * 2).to_bytes(8, "little")
+    elif damage == "header json":
+        data[8:12] = b"\xff\xfe{["
+    elif damage == "offsets":  # the first tensor claims twice its bytes
+        header = json.loads(data[8 : 8 + n])
+        key = next(k for k in header if k != "__metadata__")
+        begin, end = header[key]["data_offsets"]
+        header[key]["data_offsets"] = [begin, begin + 2 * (end - begin)]
+        text = json.dumps(header).encode()
+        data = bytearray(len(text).to_bytes(8, "little")) + text + data[8 + n :]
+    else:
+        data += b"\0" * 16
+    (ckpt / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt or truncated safetensors file"):
+        MobileVLM.from_pretrained(ckpt, device="cpu")
+
+
 def test_truncated_bin(tmp_path, tiny_model, tokenizer_path):
     ckpt = write_official_checkpoint(tmp_path / "ckpt", tiny_model, tokenizer_path, "bin")
     data = (ckpt / "pytorch_model.bin").read_bytes()
