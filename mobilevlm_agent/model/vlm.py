@@ -31,11 +31,13 @@ class MobileVLM(nn.Module):
         self.tokenizer: Tokenizer | None = None  # attached by from_pretrained when the directory has one
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> "MobileVLM":
-        """Load an official (HF-layout) or converted MobileVLM / MobileLLaMA directory. Never touches the network."""
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                        quant: str = "none", group_size: int = 64, vision_quant: str = "none") -> "MobileVLM":
+        """Load an official (HF-layout) or converted MobileVLM / MobileLLaMA directory, quantised while loading when
+        asked (see checkpoint.load_pretrained). Never touches the network."""
         from mobilevlm_agent.model.checkpoint import load_pretrained
 
-        return load_pretrained(path, dtype=dtype, device=device)
+        return load_pretrained(path, dtype=dtype, device=device, quant=quant, group_size=group_size, vision_quant=vision_quant)
 
     def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
         from mobilevlm_agent.model.checkpoint import save_pretrained
