@@ -145,13 +145,18 @@ def _read_tensor(path: Path, offset: int, nbytes: int, dtype: torch.dtype, shape
     return torch.frombuffer(buffer, dtype=dtype).reshape(shape) if nbytes else torch.empty(shape, dtype=dtype)
 
 
-def read_state_dict(directory: Path) -> dict[str, StoredTensor]:
+def open_state_dict(directory: Path) -> dict[str, StoredTensor]:
     """Every tensor of a checkpoint directory under internal key names, unread."""
     state: dict[str, StoredTensor] = {}
     for path in weight_files(directory):
         for key, tensor in open_weight_file(path).items():
             state[to_internal(key)] = tensor
     return state
+
+
+def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint directory under internal key names, read (training inits, small checkpoints)."""
+    return {key: tensor.read() for key, tensor in open_state_dict(directory).items()}
 
 
 # -- config ------------------------------------------------------------------------------------------------------------
@@ -244,11 +249,12 @@ def config_to_hf(cfg: MobileVLMConfig, dtype: torch.dtype) -> dict[str, Any]:
 
 
 # -- loading -------------------------------------------------------------------------------------------------------
-def check_state_dict(model: MobileVLM, state: dict[str, StoredTensor]) -> dict[str, StoredTensor]:
-    """Drop keys the model never uses; raise one error listing every missing, unexpected or mis-shaped key."""
+def check_state_dict(model: MobileVLM, state: dict[str, StoredTensor | torch.Tensor]) -> dict[str, StoredTensor | torch.Tensor]:
+    """Drop keys the model never uses; raise one error listing every missing, unexpected or mis-shaped key (tensors or
+    unread StoredTensors: only shapes are looked at)."""
     expected = {k: v.shape for k, v in model.state_dict().items()}
     used_layers = model.config.vision_layers_used if model.config.vision else 0
-    kept: dict[str, StoredTensor] = {}
+    kept: dict[str, StoredTensor | torch.Tensor] = {}
     unexpected = []
     for key, tensor in state.items():
         m = VISION_LAYER_KEY.match(key)
@@ -314,7 +320,7 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None, d
         hf = json.loads(config_path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
-    state = read_state_dict(directory)
+    state = open_state_dict(directory)
     if "llm.lm_head.weight" not in state and hf.get("tie_word_embeddings") and "llm.embed_tokens.weight" in state:
         state["llm.lm_head.weight"] = state["llm.embed_tokens.weight"]
     try:
