@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc's malloc.h
 MMAP_THRESHOLD = 64 * 1024  # larger blocks get their own mapping, returned to the OS when freed
 
 
+@functools.cache
 def _libc():
     try:
         return ctypes.CDLL("libc.so.6")

@@ -62,8 +62,7 @@ def pope_negatives(rng: random.Random, visible: list[ObjectSpec], popular: list[
     """One absent label per POPE split: random, popular (frequent in the data), adversarial (shares colour or shape).
     Absent means not even a glimpse: a label with a few pixels in view is never asked about."""
     present = {o.label for o in glimpsed}  # glimpsed holds every visible object too
-    all_labels = [f"{c} {s}" for c in COLOURS for s in SHAPES]
-    absent = [label for label in all_labels if label not in present]
+    absent = [label for label in LABELS if label not in present]
     adversarial = [label for label in absent if any(label.split()[0] == o.colour or label.split()[1] == o.shape for o in visible)]
     popular_absent = [label for label in popular if label not in present]
     return {

@@ -116,6 +116,7 @@ class SimEnv:
         self.geom_to_object = np.full(self.model.ngeom + 1, -1, dtype=np.int16)  # index ngeom stands for "no geom" (-1)
         for i, o in enumerate(self.scene.objects):
             self.geom_to_object[self.object_geoms[o.name]] = i
+        self._mask_state, self._mask = None, None  # object_mask of the last rendered state
         self.command = Twist()  # the velocity actually applied, after acceleration limits
         self.collisions = 0
         self.last_collided = False
@@ -187,7 +188,16 @@ class SimEnv:
         return self.renderer.render().copy()
 
     def object_mask(self) -> np.ndarray:
-        """Per pixel of the camera image, the index of the scene object seen there, or -1: dense ground truth."""
+        """Per pixel of the camera image, the index of the scene object seen there, or -1: dense ground truth.
+
+        Read-only, and rendered once per simulator state: a dataset view asks for it three times (mask file, visible,
+        glimpsed objects)."""
+        state = (self.data.time, self.data.qpos.tobytes())
+        if state != self._mask_state:
+            self._mask, self._mask_state = self._render_object_mask(), state
+        return self._mask
+
+    def _render_object_mask(self) -> np.ndarray:
         self.renderer.enable_segmentation_rendering()
         try:
             self.renderer.update_scene(self.data, camera=self.camera)
@@ -195,7 +205,9 @@ class SimEnv:
         finally:
             self.renderer.disable_segmentation_rendering()
         ids = np.where(seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), seg[..., 0], -1)
-        return self.geom_to_object[ids]  # -1 indexes the last entry, which is -1
+        mask = self.geom_to_object[ids]  # -1 indexes the last entry, which is -1
+        mask.flags.writeable = False
+        return mask
 
     def observe(self) -> Observation:
         return Observation(self.render(), self.odometry(), float(self.data.time))
