@@ -1,7 +1,7 @@
 """agent_node: the perception -> reasoning -> planning loop as a goal state machine.
 
 agent/instruction (latched: a late joiner gets the current goal) starts a goal; an empty instruction or "cancel"
-ends it. At control_hz the node asks the planner for the next action (with the recent history), re-asks when an
+ends it. At control_hz the node asks the planner for the next action on the latest view, re-asks when an
 answer is late (replanning), and ends the goal when the planner says stop or on timeout. Velocities are the
 safety_node's business; at a timeout or cancel this node sends a stop action so the base halts at once.
 """
@@ -79,8 +79,7 @@ class AgentNode(Node):
             self.stats["replans"] += 1
         self.request_id += 1
         self.outstanding = (self.request_id, now)
-        self.request_pub.publish(json_message({"id": self.request_id, "goal": self.goal_id, "instruction": self.instruction,
-                                               "history": self.history[-8:]}))
+        self.request_pub.publish(json_message({"id": self.request_id, "goal": self.goal_id, "instruction": self.instruction}))
 
     def on_action(self, msg: String) -> None:
         try:

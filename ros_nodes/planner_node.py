@@ -3,7 +3,7 @@
 Topics (relative, so a namespace applies):
   agent/query (String)            -> agent/answer_stream (String, JSON chunks {id, seq, delta, done[, finish_reason]})
                                   -> agent/answer (String, the full text)
-  agent/plan_request (String JSON {id, instruction, history}) -> agent/action (String JSON {id, action, scores, ...})
+  agent/plan_request (String JSON {id, instruction}) -> agent/action (String JSON {id, action, scores, ...})
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from mobilevlm_agent.agent.actions import ACTIONS
 from mobilevlm_agent.agent.planner import choose_action
 from mobilevlm_agent.chat import ChatSession
 from mobilevlm_agent.errors import InputError
@@ -101,9 +100,6 @@ class PlannerNode(ModelNode):
             request = json_from_message(msg)
             if not isinstance(request.get("instruction"), str) or not request["instruction"].strip():
                 raise InputError("plan request needs a non-empty 'instruction' string")
-            history = request.get("history", [])
-            if not isinstance(history, list) or any(a not in ACTIONS for a in history):
-                raise InputError(f"plan request 'history' must be a list of {', '.join(ACTIONS)}")
         except InputError as e:
             self.counters.reject("bad_plan_request", e)
             return
@@ -143,7 +139,7 @@ class PlannerNode(ModelNode):
         image_stamp, tokens = latest
         t0 = time.perf_counter()
         self.session.set_image_features(tokens)
-        action, scores = choose_action(self.session, request["instruction"], request.get("history", []))
+        action, scores = choose_action(self.session, request["instruction"])
         ms = (time.perf_counter() - t0) * 1000
         self.stats["plans"] += 1
         self.stats["plan_ms"] = ms

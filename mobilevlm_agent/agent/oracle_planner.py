@@ -9,8 +9,8 @@ from mobilevlm_agent.sim.world import SimEnv
 
 
 class OraclePlanner:
-    def __init__(self, env: SimEnv, target: ObjectSpec) -> None:
-        self.env, self.target = env, target
+    def __init__(self, env: SimEnv, target: ObjectSpec, camera_only: bool = False) -> None:
+        self.env, self.target, self.camera_only = env, target, camera_only
 
     def next_action(self, image: np.ndarray, instruction: str, history: list[str]) -> str:
-        return oracle_action(self.env, self.target)
+        return oracle_action(self.env, self.target, camera_only=self.camera_only)

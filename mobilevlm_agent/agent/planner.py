@@ -15,6 +15,9 @@ from mobilevlm_agent.sim.dataset import nav_prompt
 
 
 class Planner(Protocol):
+    """`history` is the episode's actions so far. The bundled planners decide from the current view alone (see
+    `nav_prompt` for why the model's prompt leaves it out); a planner with memory may use it."""
+
     def next_action(self, image: np.ndarray, instruction: str, history: list[str]) -> str: ...
 
 
@@ -57,17 +60,17 @@ def score_choices(session: ChatSession, prompt: str, choices: tuple[str, ...]) -
 
 
 class ModelPlanner:
-    """MobileVLM as the planner: the current view plus instruction and recent actions -> the likeliest grammar action."""
+    """MobileVLM as the planner: the current view plus instruction -> the likeliest grammar action."""
 
     def __init__(self, model: MobileVLM) -> None:
         self.session = ChatSession(model)
 
     def next_action(self, image: np.ndarray, instruction: str, history: list[str]) -> str:
         self.session.set_image(image)
-        return choose_action(self.session, instruction, history)[0]
+        return choose_action(self.session, instruction)[0]
 
 
-def choose_action(session: ChatSession, instruction: str, history: list[str]) -> tuple[str, dict[str, float]]:
+def choose_action(session: ChatSession, instruction: str) -> tuple[str, dict[str, float]]:
     """The likeliest grammar action for the session's current image, and every action's log-likelihood."""
-    scores = score_choices(session, nav_prompt(instruction, history), ACTIONS)
+    scores = score_choices(session, nav_prompt(instruction), ACTIONS)
     return ACTIONS[int(np.argmax(scores))], dict(zip(ACTIONS, scores))

@@ -106,7 +106,9 @@ def evaluate(model: MobileVLM | None, episodes: int, seed: int) -> dict:
     rng = random.Random(seed)
     report = {
         "episodes": episodes, "seed": seed, "questions": len(questions),
-        "oracle": {**answer_all(questions, lambda image, q: q["a"]), "nav": navigate_all(episodes, seed, lambda env, t: OraclePlanner(env, t))},
+        "oracle": {**answer_all(questions, lambda image, q: q["a"]), "nav": navigate_all(episodes, seed, lambda env, t: OraclePlanner(env, t)),
+                   # the labels the model imitates: the target's bearing only while it is in view
+                   "nav_camera_only": navigate_all(episodes, seed, lambda env, t: OraclePlanner(env, t, camera_only=True))},
         "random": {**answer_all(questions, lambda image, q: rng.choice(CHOICES[q["kind"]])), "nav": navigate_all(episodes, seed, lambda env, t: RandomPlanner(seed))},
     }
     if model is not None:
@@ -121,6 +123,10 @@ def evaluate(model: MobileVLM | None, episodes: int, seed: int) -> dict:
     return report
 
 
+def nav_cells(n: dict) -> tuple[str, ...]:
+    return f"{n['success_rate']:.2f}", f"{n['spl']:.2f}", str(n["collisions"]), f"{n['mean_steps']:.1f}", f"{n['decisions_per_s']:.0f}"
+
+
 def format_table(report: dict) -> str:
     rows = [("policy", "POPE F1 rand/pop/adv", "QA acc", "nav success", "SPL", "collisions", "steps", "decisions/s")]
     for name in ("model", "oracle", "random"):
@@ -128,6 +134,8 @@ def format_table(report: dict) -> str:
             r = report[name]
             f1 = "/".join(f"{r['pope'][s]['f1']:.2f}" for s in ("random", "popular", "adversarial") if s in r["pope"])
             n = r["nav"]
-            rows.append((name, f1, f"{r['qa_accuracy']:.2f}", f"{n['success_rate']:.2f}", f"{n['spl']:.2f}", str(n["collisions"]), f"{n['mean_steps']:.1f}", f"{n['decisions_per_s']:.0f}"))
+            rows.append((name, f1, f"{r['qa_accuracy']:.2f}", *nav_cells(n)))
+            if "nav_camera_only" in r:
+                rows.append((f"{name} (camera only)", "", "", *nav_cells(r["nav_camera_only"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)

@@ -10,10 +10,17 @@ from mobilevlm_agent.sim.world import ROBOT_RADIUS, SimEnv
 FACING = math.radians(12)  # turn until the target is this close to straight ahead
 ARRIVE = 0.45  # metres to the target's surface: close enough to stop (success needs <= 0.6)
 CORRIDOR = ROBOT_RADIUS + 0.12
+SEARCH = "turn_left"  # the camera-only oracle's move while the target is out of view
 
 
-def oracle_action(env: SimEnv, target: ObjectSpec) -> str:
-    """Face the target (or a detour point beside a blocking object), drive, stop when close."""
+def oracle_action(env: SimEnv, target: ObjectSpec, camera_only: bool = False) -> str:
+    """Face the target (or a detour point beside a blocking object), drive, stop when close.
+
+    `camera_only` makes the labels an imitation learner can follow: while the target is out of view it searches
+    (always the same way) instead of turning towards a bearing that the camera image does not show.
+    """
+    if camera_only and target not in env.visible_objects():
+        return SEARCH
     if env.distance_to(target) <= ARRIVE:
         return "stop" if abs(env.bearing_to(target)) <= math.radians(25) else _turn(env.bearing_to(target))
     bearing = env.bearing_to(_detour(env, target) or target)

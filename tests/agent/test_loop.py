@@ -51,11 +51,11 @@ def test_planner_scores_match_with_and_without_the_cached_prompt(env, tiny_model
 
     session = ChatSession(tiny_model)
     session.set_image(env.reset(seed=2).image)
-    choose_action(session, "go to the red cube", [])
+    choose_action(session, "go to the blue ball")
     session.set_image(env.reset(seed=5).image)
-    _, warm = choose_action(session, "go to the red cube", ["turn_left"])  # reuses the system prompt's positions
+    _, warm = choose_action(session, "go to the red cube")  # reuses the system prompt's positions
     tiny_model.llm.clear_cache()
-    _, cold = choose_action(session, "go to the red cube", ["turn_left"])
+    _, cold = choose_action(session, "go to the red cube")
     assert warm == pytest.approx(cold, abs=1e-4)
 
 

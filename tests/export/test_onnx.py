@@ -132,7 +132,7 @@ def test_planner_scores_match_across_backends(demo_pair):
     for model in demo_pair:
         chat = ChatSession(model)
         chat.set_image(frame)
-        results.append(choose_action(chat, "go to the red ball", ["forward"]))
+        results.append(choose_action(chat, "go to the red ball"))
     (action_t, scores_t), (action_o, scores_o) = results
     assert action_t == action_o
     assert all(abs(scores_t[a] - scores_o[a]) < 1e-3 for a in scores_t)

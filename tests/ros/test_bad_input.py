@@ -56,7 +56,7 @@ def test_planner_survives_oversized_and_invalid_queries(spawn, probe, vlm_dir):
     raw_query.publish(b"\x00\x01\x00\x00\x06\x00\x00\x00hi\xff\xfe!\x00")
     request = probe.publisher(String, "agent/plan_request", RELIABLE_QOS)
     request.publish(String(data="{not json"))
-    request.publish(String(data=json.dumps({"instruction": "go", "history": ["rm -rf"]})))
+    request.publish(String(data=json.dumps({"instruction": ["rm -rf"]})))
     query.publish(String(data="What do you see?"))
     probe.spin_until(lambda: any(json.loads(m.data)["done"] for _, m in chunks), 60, "an answer to the good query")
     probe.spin_until(lambda: int(counters(diags, "planner_node").get("bad_query", 0)) >= 2, 10, "both bad queries counted")

@@ -1,6 +1,7 @@
 """Simulator: determinism, physics sanity (walls, limits), visibility ground truth, the oracle, Gazebo export."""
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -11,7 +12,7 @@ from mobilevlm_agent.agent.actions import action_to_twist
 from mobilevlm_agent.agent.types import Twist
 from mobilevlm_agent.errors import ConfigError
 from mobilevlm_agent.sim.gazebo import export_gazebo
-from mobilevlm_agent.sim.oracle import oracle_action
+from mobilevlm_agent.sim.oracle import SEARCH, oracle_action
 from mobilevlm_agent.sim.scene import Difficulty, ObjectSpec, SceneSpec, generate_scene
 from mobilevlm_agent.sim.world import ROBOT_RADIUS, SimEnv
 
@@ -87,17 +88,33 @@ def test_visibility_frustum_and_occlusion(env):
     assert "hidden" in {o.name for o in env.visible_objects()}  # without the box it is seen
 
 
-def test_oracle_reaches_the_target(env):
+@pytest.mark.parametrize("camera_only", [False, True])
+def test_oracle_reaches_the_target(env, camera_only):
     for seed in range(6):
         env.reset(seed=seed)
         target = env.scene.objects[0]
         for _ in range(120):
-            action = oracle_action(env, target)
+            action = oracle_action(env, target, camera_only=camera_only)
             env.step(action_to_twist(action), 0.5)
             if action == "stop":
                 env.step(action_to_twist("stop"), 0.5)
                 break
         assert env.nav_success(target), f"seed {seed}: distance {env.distance_to(target):.2f}, bearing {env.bearing_to(target):.2f}, collisions {env.collisions}"
+
+
+def test_camera_only_oracle_searches_one_way_while_the_target_is_out_of_view(env):
+    target = ObjectSpec("target", "ball", "red", 0.15, 0.0, 1.5)
+    env.reset(scene=SceneSpec(room=(6.0, 6.0), objects=(target,)))
+    seen = []
+    for yaw in np.linspace(-math.pi, math.pi, 16, endpoint=False):
+        env.teleport(0.0, -1.0, float(yaw))
+        visible = target in env.visible_objects()
+        seen.append(visible)
+        if visible:  # in view it follows the target's bearing, like the privileged oracle
+            assert oracle_action(env, target, camera_only=True) == oracle_action(env, target)
+        else:  # out of view the bearing is unknown to the camera: always the same search turn
+            assert oracle_action(env, target, camera_only=True) == SEARCH
+    assert any(seen) and not all(seen)
 
 
 def test_gazebo_world_holds_the_same_scene(tmp_path):
