@@ -192,6 +192,18 @@ def cmd_sim_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_dagger(args: argparse.Namespace) -> int:
+    """A DAgger round: the model drives in new training scenes, the camera-only oracle labels the views it reaches;
+    writes DATA/dagger.json and DATA/balanced_dagger.json (DATA/balanced.json plus the new samples)."""
+    from mobilevlm_agent.model.vlm import MobileVLM
+    from mobilevlm_agent.sim.dagger import write_dagger
+    from mobilevlm_agent.sim.dataset import DatasetConfig
+
+    model = MobileVLM.from_pretrained(args.model, device=args.device)
+    print(json.dumps(write_dagger(args.data, model, DatasetConfig(scenes=args.scenes, seed=args.seed, nav_episodes_per_scene=args.episodes), expert_prob=args.expert_prob)))
+    return 0
+
+
 def cmd_eval_sim(args: argparse.Namespace) -> int:
     """Score a model on held-out simulator seeds (POPE per split, colour/shape QA, closed-loop navigation),
     beside the oracle (upper bound) and a random policy. --json prints one object."""
@@ -345,6 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="dataset seed; scene seeds derive from it")
     p.add_argument("--views", type=int, default=8, help="camera views per scene for QA (default 8)")
     p.add_argument("--episodes", type=int, default=2, help="oracle navigation episodes per scene (default 2)")
+
+    p = add("dagger", cmd_sim_dagger, sim)
+    p.add_argument("--model", required=True, help="checkpoint directory: the model that drives")
+    p.add_argument("--data", required=True, help="a `sim dataset` output directory (its balanced.json is the base of the mix)")
+    p.add_argument("--scenes", type=int, default=40, help="procedural scenes (default 40)")
+    p.add_argument("--seed", type=int, default=1, help="dataset seed of the new scenes (default 1; `sim dataset` used 0)")
+    p.add_argument("--episodes", type=int, default=3, help="episodes per scene (default 3)")
+    p.add_argument("--expert-prob", type=float, default=0.3, help="chance the oracle's action is executed instead of the model's (default 0.3)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
     p = add("sim", cmd_eval_sim, group("eval", "Evaluation harnesses."))
     p.add_argument("--model", help="checkpoint directory (omit to score only the oracle and random baselines)")

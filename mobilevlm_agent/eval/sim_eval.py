@@ -17,12 +17,11 @@ from mobilevlm_agent.agent.planner import ModelPlanner, RandomPlanner, score_cho
 from mobilevlm_agent.agent.safety import SafetyGovernor, SafetyLimits
 from mobilevlm_agent.chat import ChatSession
 from mobilevlm_agent.model.vlm import MobileVLM
-from mobilevlm_agent.sim.dataset import NAV_TEMPLATES, qa_samples, random_pose, view_towards
+from mobilevlm_agent.sim.dataset import HELD_OUT, NAV_TEMPLATES, qa_samples, random_pose, view_towards
 from mobilevlm_agent.sim.oracle import ARRIVE
 from mobilevlm_agent.sim.scene import COLOURS, SHAPES
 from mobilevlm_agent.sim.world import SimEnv
 
-HELD_OUT = 1_000_000  # eval scene seeds start here; `sim dataset` seeds stay far below
 
 
 def pope_metrics(pairs: list[tuple[str, str]]) -> dict[str, float]:

@@ -8,6 +8,7 @@ import json
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mobilevlm_agent.agent.actions import action_to_twist
+from mobilevlm_agent.errors import ConfigError
 from mobilevlm_agent.sim.oracle import oracle_action
 from mobilevlm_agent.sim.scene import COLOURS, SHAPES, ObjectSpec
 from mobilevlm_agent.sim.world import ROBOT_RADIUS, SimEnv
@@ -23,6 +25,8 @@ from mobilevlm_agent.sim.world import ROBOT_RADIUS, SimEnv
 NAV_TEMPLATES = ("go to the {}", "drive to the {}", "navigate to the {}", "find the {} and stop next to it", "move to the {}")
 POPE_SPLITS = ("random", "popular", "adversarial")
 LABELS = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
+HELD_OUT = 1_000_000  # evaluation scene seeds start here; training scene seeds stay below
+SCENE_SEED_STRIDE = 100_003  # dataset seed k uses scene seeds k * stride + i
 NEAR = 1.0  # metres: "near" targets of the vision stage (where the planner must decide to stop)
 VISION_CLASSES = (*LABELS, "near")  # what each visual token of the vision stage learns to tell: the object it shows, and whether it is near
 
@@ -102,6 +106,14 @@ def random_pose(rng: random.Random, env: SimEnv) -> tuple[float, float, float]:
     return env.scene.robot_start
 
 
+def scene_seeds(seed: int, scenes: int) -> range:
+    """The training scene seeds of dataset seed `seed`: disjoint across seeds and from the held-out eval scenes."""
+    first = seed * SCENE_SEED_STRIDE
+    if seed < 0 or scenes > SCENE_SEED_STRIDE or first + scenes > HELD_OUT:
+        raise ConfigError(f"dataset seed {seed} with {scenes} scenes overlaps other seeds or the held-out eval scenes (>= {HELD_OUT})")
+    return range(first, first + scenes)
+
+
 def view_towards(rng: random.Random, env: SimEnv) -> tuple[float, float, float]:
     """A random pose looking roughly at a random object, so most views contain something."""
     x, y, _ = random_pose(rng, env)
@@ -131,8 +143,7 @@ def write_dataset(out_dir: str | Path, cfg: DatasetConfig = DatasetConfig()) -> 
     dialogues: list[dict] = []
     popular: list[str] = []
     label_counts: Counter = Counter()
-    for s in tqdm(range(cfg.scenes), desc="sim dataset"):
-        scene_seed = cfg.seed * 100_003 + s
+    for scene_seed in tqdm(scene_seeds(cfg.seed, cfg.scenes), desc="sim dataset"):
         env.reset(seed=scene_seed)
         label_counts.update(o.label for o in env.scene.objects)
         popular = [label for label, _ in label_counts.most_common(5)]
@@ -146,7 +157,7 @@ def write_dataset(out_dir: str | Path, cfg: DatasetConfig = DatasetConfig()) -> 
             dialogues.append({"id": f"s{scene_seed}_v{v}", "conversations": [
                 {"from": "human", "value": f"The robot sees: {describe(env, visible)} How many objects does it see?"}, {"from": "gpt", "value": str(len(visible))}]})
         for e in range(cfg.nav_episodes_per_scene):
-            llava += navigation_samples(rng, env, scene_seed, e, out, cfg, labels)
+            llava += navigation_samples(rng, env, f"s{scene_seed}_n{e}", out, cfg, labels)
     env.close()
     for obj_label in label_counts:
         corpus.append(f"The {obj_label} is in the room. Go to the {obj_label}.")
@@ -178,8 +189,13 @@ def balanced(samples: list[dict], seed: int = 0) -> list[dict]:
     return mix
 
 
-def navigation_samples(rng: random.Random, env: SimEnv, scene_seed: int, episode: int, out: Path, cfg: DatasetConfig, label_records: list[dict]) -> list[dict]:
-    """One camera-only oracle rollout from a random start; every step is a (view, instruction) -> action sample."""
+def navigation_samples(rng: random.Random, env: SimEnv, name: str, out: Path, cfg: DatasetConfig, label_records: list[dict],
+                       driver: Callable[[np.ndarray, str], str] | None = None, expert_prob: float = 0.0) -> list[dict]:
+    """One rollout from a random start; every step is a (view, instruction) -> camera-only oracle action sample.
+
+    The oracle drives, or (DAgger) `driver(image, instruction)` does, overruled by the oracle with `expert_prob`:
+    the labels are always the oracle's, for the views the driver reaches.
+    """
     env.teleport(*random_pose(rng, env))
     labels = Counter(o.label for o in env.scene.objects)
     target = rng.choice([o for o in env.scene.objects if labels[o.label] == 1])  # unambiguous; obj0 always is
@@ -187,9 +203,11 @@ def navigation_samples(rng: random.Random, env: SimEnv, scene_seed: int, episode
     samples = []
     for step in range(cfg.max_nav_steps):
         action = oracle_action(env, target, camera_only=True)
-        label_records.append(save_view(out, f"s{scene_seed}_n{episode}_t{step}", env))
+        label_records.append(save_view(out, f"{name}_t{step}", env))
         image = label_records[-1]["image"]
-        samples.append(sample(f"s{scene_seed}_n{episode}_t{step}", image, nav_prompt(instruction), action, kind="nav"))
+        samples.append(sample(f"{name}_t{step}", image, nav_prompt(instruction), action, kind="nav"))
+        if driver is not None and rng.random() >= expert_prob:
+            action = driver(env.render(), instruction)
         env.step(action_to_twist(action), cfg.control_period)
         if action == "stop":
             break

@@ -6,17 +6,9 @@ import json
 import pytest
 
 from mobilevlm_agent.agent.actions import ACTIONS
-from mobilevlm_agent.cli import main
 from mobilevlm_agent.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mobilevlm_agent.train.datasets import ConversationDataset, PackedDataset
 from mobilevlm_agent.train.tokenize_data import tokenize_corpus
-
-
-@pytest.fixture(scope="module")
-def sim_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("simdata")
-    assert main(["sim", "dataset", "--out", str(out), "--scenes", "2", "--views", "4", "--episodes", "1", "--seed", "5"]) == 0
-    return out
 
 
 def test_manifest_and_sample_kinds(sim_data):

@@ -1,0 +1,50 @@
+"""DAgger for the planner (Ross et al., 2011): the model drives in training scenes and the camera-only oracle labels
+every view it reaches.
+
+Behaviour cloning only ever sees the oracle's own trajectories; a model that turns late or stops short ends up in
+views it never trained on. These samples are exactly those views, each labelled with what the oracle would do there.
+"""
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mobilevlm_agent.agent.planner import ModelPlanner
+from mobilevlm_agent.errors import ConfigError
+from mobilevlm_agent.model.vlm import MobileVLM
+from mobilevlm_agent.sim.dataset import DatasetConfig, balanced, navigation_samples, scene_seeds
+from mobilevlm_agent.sim.world import SimEnv
+from mobilevlm_agent.train.datasets import read_records
+
+
+def write_dagger(data_dir: str | Path, model: MobileVLM, cfg: DatasetConfig, expert_prob: float = 0.3, base: str = "balanced.json") -> dict:
+    """Roll the model out in `cfg.scenes` scenes; write DATA/dagger.json (the new samples, images beside the dataset's)
+    and DATA/balanced_dagger.json (`base` plus the new samples, stops repeated as in `balanced`)."""
+    out = Path(data_dir)
+    if not (out / base).is_file():
+        raise ConfigError(f"{out / base} not found: run `sim dataset --out {out}` first")
+    planner = ModelPlanner(model)
+    driven = Counter()
+
+    def drive(image, instruction):
+        action = planner.next_action(image, instruction, [])
+        driven[action] += 1
+        return action
+
+    rng, env, samples, label_records = random.Random(cfg.seed), SimEnv(), [], []
+    for scene_seed in tqdm(scene_seeds(cfg.seed, cfg.scenes), desc="dagger"):
+        env.reset(seed=scene_seed)
+        for e in range(cfg.nav_episodes_per_scene):
+            samples += navigation_samples(rng, env, f"d{scene_seed}_n{e}", out, cfg, label_records, drive, expert_prob)
+    env.close()
+    mix = read_records(out / base) + balanced(samples, seed=cfg.seed)
+    random.Random(cfg.seed).shuffle(mix)
+    (out / "dagger.json").write_text(json.dumps(samples))
+    (out / "balanced_dagger.json").write_text(json.dumps(mix))
+    labels = Counter(r["conversations"][1]["value"] for r in samples)
+    return {"scenes": cfg.scenes, "seed": cfg.seed, "samples": len(samples), "labels": dict(labels), "model_actions": dict(driven),
+            "expert_prob": expert_prob, "mix": len(mix)}
