@@ -194,13 +194,13 @@ def cmd_sim_dataset(args: argparse.Namespace) -> int:
 
 def cmd_sim_dagger(args: argparse.Namespace) -> int:
     """A DAgger round: the model drives in new training scenes, the camera-only oracle labels the views it reaches;
-    writes DATA/dagger.json and DATA/balanced_dagger.json (DATA/balanced.json plus the new samples)."""
+    writes DATA/daggerS.json and DATA/balanced_daggerS.json (the --base mix plus the new samples), S = --seed."""
     from mobilevlm_agent.model.vlm import MobileVLM
     from mobilevlm_agent.sim.dagger import write_dagger
     from mobilevlm_agent.sim.dataset import DatasetConfig
 
     model = MobileVLM.from_pretrained(args.model, device=args.device)
-    print(json.dumps(write_dagger(args.data, model, DatasetConfig(scenes=args.scenes, seed=args.seed, nav_episodes_per_scene=args.episodes), expert_prob=args.expert_prob)))
+    print(json.dumps(write_dagger(args.data, model, DatasetConfig(scenes=args.scenes, seed=args.seed, nav_episodes_per_scene=args.episodes), expert_prob=args.expert_prob, base=args.base)))
     return 0
 
 
@@ -360,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("dagger", cmd_sim_dagger, sim)
     p.add_argument("--model", required=True, help="checkpoint directory: the model that drives")
-    p.add_argument("--data", required=True, help="a `sim dataset` output directory (its balanced.json is the base of the mix)")
+    p.add_argument("--data", required=True, help="a `sim dataset` output directory")
+    p.add_argument("--base", default="balanced.json", help="the mix in DATA to add to (default balanced.json; a previous round's balanced_daggerS.json aggregates)")
     p.add_argument("--scenes", type=int, default=40, help="procedural scenes (default 40)")
     p.add_argument("--seed", type=int, default=1, help="dataset seed of the new scenes (default 1; `sim dataset` used 0)")
     p.add_argument("--episodes", type=int, default=3, help="episodes per scene (default 3)")

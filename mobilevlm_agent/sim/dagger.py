@@ -22,8 +22,9 @@ from mobilevlm_agent.train.datasets import read_records
 
 
 def write_dagger(data_dir: str | Path, model: MobileVLM, cfg: DatasetConfig, expert_prob: float = 0.3, base: str = "balanced.json") -> dict:
-    """Roll the model out in `cfg.scenes` scenes; write DATA/dagger.json (the new samples, images beside the dataset's)
-    and DATA/balanced_dagger.json (`base` plus the new samples, stops repeated as in `balanced`)."""
+    """Roll the model out in `cfg.scenes` scenes; write DATA/daggerS.json (the new samples, images beside the dataset's)
+    and DATA/balanced_daggerS.json (`base` plus the new samples, stops repeated as in `balanced`), S = `cfg.seed`.
+    A later round aggregates by taking the previous round's mix as its `base`."""
     out = Path(data_dir)
     if not (out / base).is_file():
         raise ConfigError(f"{out / base} not found: run `sim dataset --out {out}` first")
@@ -43,8 +44,8 @@ def write_dagger(data_dir: str | Path, model: MobileVLM, cfg: DatasetConfig, exp
     env.close()
     mix = read_records(out / base) + balanced(samples, seed=cfg.seed)
     random.Random(cfg.seed).shuffle(mix)
-    (out / "dagger.json").write_text(json.dumps(samples))
-    (out / "balanced_dagger.json").write_text(json.dumps(mix))
+    (out / f"dagger{cfg.seed}.json").write_text(json.dumps(samples))
+    (out / f"balanced_dagger{cfg.seed}.json").write_text(json.dumps(mix))
     labels = Counter(r["conversations"][1]["value"] for r in samples)
     return {"scenes": cfg.scenes, "seed": cfg.seed, "samples": len(samples), "labels": dict(labels), "model_actions": dict(driven),
-            "expert_prob": expert_prob, "mix": len(mix)}
+            "expert_prob": expert_prob, "base": base, "mix": len(mix)}

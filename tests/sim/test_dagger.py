@@ -44,8 +44,8 @@ def test_dagger_round_writes_samples_and_the_mix(sim_data, official_checkpoint, 
     base = json.loads((sim_data / "balanced.json").read_text())
     assert main(["sim", "dagger", "--model", str(official_checkpoint), "--data", str(sim_data), "--scenes", "1", "--episodes", "1", "--seed", "7"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    samples = json.loads((sim_data / "dagger.json").read_text())
-    mix = json.loads((sim_data / "balanced_dagger.json").read_text())
+    samples = json.loads((sim_data / "dagger7.json").read_text())
+    mix = json.loads((sim_data / "balanced_dagger7.json").read_text())
     assert report["samples"] == len(samples) > 0 and report["mix"] == len(mix)
     assert set(report["labels"]) <= set(ACTIONS) and sum(report["model_actions"].values()) > 0
     assert all(r["kind"] == "nav" and (sim_data / r["image"]).is_file() for r in samples)
