@@ -23,7 +23,6 @@ from mobilevlm_agent.sim.scene import COLOURS, SHAPES
 from mobilevlm_agent.sim.world import SimEnv
 
 
-
 def pope_metrics(pairs: list[tuple[str, str]]) -> dict[str, float]:
     """(truth, prediction) of Yes/No -> accuracy, precision, recall, F1, yes-ratio (POPE's definitions)."""
     tp = sum(t == "Yes" and p == "Yes" for t, p in pairs)
