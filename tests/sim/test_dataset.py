@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-
 from mobilevlm_agent.agent.actions import ACTIONS
 from mobilevlm_agent.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mobilevlm_agent.train.datasets import ConversationDataset, PackedDataset
