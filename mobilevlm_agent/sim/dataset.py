@@ -203,21 +203,22 @@ def navigation_samples(rng: random.Random, env: SimEnv, name: str, out: Path, cf
     samples = []
     for step in range(cfg.max_nav_steps):
         action = oracle_action(env, target, camera_only=True)
-        label_records.append(save_view(out, f"{name}_t{step}", env))
-        image = label_records[-1]["image"]
-        samples.append(sample(f"{name}_t{step}", image, nav_prompt(instruction), action, kind="nav"))
+        rgb = env.render()  # once: saved, and what the driver sees
+        label_records.append(save_view(out, f"{name}_t{step}", env, rgb))
+        samples.append(sample(f"{name}_t{step}", label_records[-1]["image"], nav_prompt(instruction), action, kind="nav"))
         if driver is not None and rng.random() >= expert_prob:
-            action = driver(env.render(), instruction)
+            action = driver(rgb, instruction)
         env.step(action_to_twist(action), cfg.control_period)
         if action == "stop":
             break
     return samples
 
 
-def save_view(out: Path, name: str, env: SimEnv) -> dict:
-    """The camera image and its object mask (PNG, 0 = no object, k = scene object k - 1); returns the label record."""
+def save_view(out: Path, name: str, env: SimEnv, rgb: np.ndarray | None = None) -> dict:
+    """The camera image (`rgb` when already rendered) and its object mask (PNG, 0 = no object, k = scene object k - 1);
+    returns the label record."""
     image, mask = f"images/{name}.png", f"masks/{name}.png"
-    cv2.imwrite(str(out / image), cv2.cvtColor(env.render(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(out / image), cv2.cvtColor(env.render() if rgb is None else rgb, cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(out / mask), (env.object_mask() + 1).astype(np.uint8))
     return label_record(env, image, mask)
 
