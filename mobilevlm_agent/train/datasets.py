@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,28 +108,53 @@ def conversation_turns(record: dict, where: str) -> list[tuple[str, str]]:
     return turns
 
 
+_SIDES = {"left": "right", "right": "left", "Left": "Right", "Right": "Left"}
+_SIDE_WORD = re.compile(r"(?<![A-Za-z])(left|right|Left|Right)(?![A-Za-z])")  # also inside turn_left
+
+
+def mirror_text(text: str) -> str:
+    """The text of a left-right mirrored image: left and right swapped."""
+    return _SIDE_WORD.sub(lambda m: _SIDES[m.group(1)], text)
+
+
+def mirror_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.flip(-1)
+
+
 class ConversationDataset(Dataset):
-    """SFT (text) and multimodal (LLaVA) dialogues; images are decoded here, i.e. in the DataLoader workers."""
+    """SFT (text) and multimodal (LLaVA) dialogues; images are decoded here, i.e. in the DataLoader workers.
+
+    `mirror` doubles an image dataset: index n + i is record i mirrored left-right, its text with left and right
+    swapped (right only where those are the text's only sided words, as in the simulator's data). A record with
+    `"mirror": false` (a convention such as the search turn, not a side of the image) comes back unmirrored.
+    """
 
     def __init__(self, path: str | Path, tokenizer: Tokenizer, template: str, seq_len: int, image_size: int = 0,
-                 visual_tokens: int = 0, image_folder: str | Path = "", pad_to_square: bool = True) -> None:
+                 visual_tokens: int = 0, image_folder: str | Path = "", pad_to_square: bool = True, mirror: bool = False) -> None:
         self.records = read_records(path)
         self.path = Path(path)
         self.tokenizer, self.template, self.seq_len = tokenizer, get_template(template), seq_len
         self.image_size, self.visual_tokens, self.pad_to_square = image_size, visual_tokens, pad_to_square
         self.image_folder = Path(image_folder) if image_folder else self.path.parent
+        self.mirror = mirror and image_size > 0
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) * (2 if self.mirror else 1)
 
     def __getitem__(self, i: int) -> dict:
+        i, mirrored = i % len(self.records), i >= len(self.records)
         record, where = self.records[i], f"{self.path} sample {i}"
         turns = conversation_turns(record, where)
+        mirrored = mirrored and bool(record.get("image")) and record.get("mirror", True) is not False
+        if mirrored:
+            turns = [(mirror_text(u), mirror_text(b)) for u, b in turns]
         pixels = None
         if record.get("image"):
             if not self.image_size:
                 raise InputError(f"{where} has an image but the model is text-only")
             pixels = preprocess(load_image(self.image_folder / record["image"]), self.image_size, self.pad_to_square)[0]
+            if mirrored:
+                pixels = mirror_pixels(pixels)
             user = turns[0][0].replace(IMAGE_TOKEN, "").strip()
             # the image always leads the first turn; the plain template keeps nothing but the image
             turns[0] = (IMAGE_TOKEN if self.template.name == "plain" else f"{IMAGE_TOKEN}\n{user}", turns[0][1])
@@ -146,12 +172,12 @@ class LabelDataset(Dataset):
     File: {"classes": [name, ...], "records": [{"image": path, "mask": path, "objects": {"k": [class, ...]}}]}. The
     mask is a PNG of object ids (0 = none); object k carries its classes. A sample's target is [grid * grid, classes]:
     1 where an object of that class covers a visual token's cell (row-major, as the tokens), under the same padding
-    as the image.
+    as the image. `mirror` doubles it: index n + i is record i mirrored left-right, image and targets.
     """
 
     MIN_COVER = 0.005  # of a cell: ~14 px of a 320x240 frame at a 6x6 grid, enough for a distant ball
 
-    def __init__(self, path: str | Path, image_size: int, grid: int, image_folder: str | Path = "", pad_to_square: bool = True) -> None:
+    def __init__(self, path: str | Path, image_size: int, grid: int, image_folder: str | Path = "", pad_to_square: bool = True, mirror: bool = False) -> None:
         self.path = Path(path)
         data = json.loads(self.path.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or not isinstance(data.get("records"), list) or not isinstance(data.get("classes"), list):
@@ -159,17 +185,23 @@ class LabelDataset(Dataset):
         self.records, self.num_classes = data["records"], len(data["classes"])
         self.image_size, self.grid, self.pad_to_square = image_size, grid, pad_to_square
         self.image_folder = Path(image_folder) if image_folder else self.path.parent
+        self.mirror = mirror
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) * (2 if self.mirror else 1)
 
     def __getitem__(self, i: int) -> dict:
+        i, mirrored = i % len(self.records), i >= len(self.records)
         record = self.records[i]
         mask = cv2.imread(str(self.image_folder / record["mask"]), cv2.IMREAD_UNCHANGED)
         if mask is None or mask.ndim != 2:
             raise InputError(f"{self.image_folder / record['mask']}: not a single-channel object mask")
         pixels = preprocess(load_image(self.image_folder / record["image"]), self.image_size, self.pad_to_square)[0]
-        return {"ids": [], "labels": self.cell_targets(mask, record["objects"]), "pixels": pixels}
+        targets = self.cell_targets(mask, record["objects"])
+        if mirrored:
+            pixels = mirror_pixels(pixels)
+            targets = targets.view(self.grid, self.grid, -1).flip(1).reshape(self.grid * self.grid, -1)
+        return {"ids": [], "labels": targets, "pixels": pixels}
 
     def cell_targets(self, mask: np.ndarray, objects: dict[str, list[int]]) -> torch.Tensor:
         h, w = mask.shape

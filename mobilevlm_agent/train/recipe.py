@@ -22,6 +22,7 @@ class DataArgs:
     template: str = "v1"  # sft/multimodal: v1 (fine-tuning) or plain (projector pretraining)
     image_aspect_ratio: str = "pad"  # pad = expand2square (fine-tuning); square = resize + centre crop
     num_workers: int = 0  # DataLoader workers (images are decoded there)
+    mirror: bool = False  # images: also train on each one mirrored left-right, left/right swapped in its text
 
 
 @dataclass

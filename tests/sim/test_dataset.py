@@ -47,7 +47,8 @@ def test_pope_no_answers_have_no_pixel_in_the_object_mask(sim_data):
             label = r["conversations"][0]["value"].removeprefix("<image>\nIs there a ").removesuffix(" in the image?")
             record = labels[r["image"]]
             mask = cv2.imread(str(sim_data / record["mask"]), cv2.IMREAD_UNCHANGED)
-            ids = [int(k) for k, classes in record["objects"].items() if VISION_CLASSES.index(label) in classes]
+            colour, shape = (VISION_CLASSES.index(word) for word in label.split())
+            ids = [int(k) for k, classes in record["objects"].items() if colour in classes and shape in classes]
             assert not any((mask == k).any() for k in ids), (r["id"], label)
             checked += 1
     assert checked > 10
@@ -72,3 +73,29 @@ def test_balanced_mix_has_as_many_no_as_yes_and_more_stops(sim_data):
     assert answers(records, "pope", "No") > answers(records, "pope", "Yes")  # why the mix exists
     assert answers(mix, "nav", "stop") == 4 * answers(records, "nav", "stop") > 0
     assert answers(mix, "nav", "forward") == answers(records, "nav", "forward")
+
+
+def test_vision_targets_are_one_colour_and_one_shape_per_object(sim_data):
+    from mobilevlm_agent.sim.dataset import VISION_CLASSES
+    from mobilevlm_agent.sim.scene import COLOURS, SHAPES
+
+    labels = json.loads((sim_data / "labels.json").read_text())
+    assert tuple(labels["classes"]) == VISION_CLASSES
+    for record in labels["records"]:
+        for classes in record["objects"].values():
+            names = [VISION_CLASSES[c] for c in classes]
+            assert sum(n in COLOURS for n in names) == 1 and sum(n in SHAPES for n in names) == 1, names
+
+
+def test_only_conventions_are_marked_unmirrorable(sim_data):
+    """The search turn (target out of view) and multi-object descriptions (listed left to right) must not be
+    mirrored; every other sample may be, and some navigation steps with the target in view are."""
+    from mobilevlm_agent.sim.oracle import SEARCH
+
+    records = json.loads((sim_data / "llava.json").read_text())
+    fixed = [r for r in records if r.get("mirror") is False]
+    assert fixed and {r["kind"] for r in fixed} <= {"nav", "describe"}
+    assert {r["conversations"][1]["value"] for r in fixed if r["kind"] == "nav"} == {SEARCH}
+    assert all(r["conversations"][1]["value"].count(", ") >= 1 for r in fixed if r["kind"] == "describe")
+    in_view = [r for r in records if r["kind"] == "nav" and "mirror" not in r]
+    assert {"forward", "stop"} & {r["conversations"][1]["value"] for r in in_view}

@@ -13,7 +13,7 @@ from mobilevlm_agent.conversation import get_template
 from mobilevlm_agent.errors import InputError
 from mobilevlm_agent.model.random_init import random_model
 from mobilevlm_agent.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from mobilevlm_agent.train.datasets import ConversationDataset, LabelDataset, PackedDataset, StepSampler
+from mobilevlm_agent.train.datasets import ConversationDataset, LabelDataset, PackedDataset, StepSampler, mirror_text
 from mobilevlm_agent.train.tokenize_data import tokenize_corpus
 
 
@@ -136,6 +136,37 @@ def test_vision_targets_follow_the_mask_through_the_padding(tmp_path):
     target = sample["labels"].reshape(4, 4, 4)
     assert target[0, 0].tolist() == [1, 0, 0, 1] and target[3, 3].tolist() == [0, 1, 0, 0]
     assert target.sum() == 3 and sample["pixels"].shape == (3, 56, 56)
+    mirrored = LabelDataset(tmp_path / "labels.json", image_size=56, grid=4, mirror=True)
+    assert len(mirrored) == 2
+    flipped = mirrored[1]["labels"].reshape(4, 4, 4)
+    assert flipped[0, 3].tolist() == [1, 0, 0, 1] and flipped[3, 0].tolist() == [0, 1, 0, 0] and flipped.sum() == 3
     (tmp_path / "labels.json").write_text(json.dumps({"num_targets": 4, "records": []}))
     with pytest.raises(InputError, match="labels file"):
         LabelDataset(tmp_path / "labels.json", image_size=56, grid=4)
+
+
+def test_mirror_text_swaps_sides_only():
+    assert mirror_text("turn_left") == "turn_right" and mirror_text("turn_right") == "turn_left"
+    assert mirror_text("I see a red ball on the left, a cube on the right. Left?") == "I see a red ball on the right, a cube on the left. Right?"
+    assert mirror_text("a bright leftover") == "a bright leftover"
+
+
+def test_mirror_doubles_image_samples_and_keeps_conventions(tmp_path, tokenizer):
+    """Index n + i is sample i mirrored: the image flipped and left/right swapped in the text; a record marked
+    "mirror": false and a text-only record come back unchanged."""
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, :20] = (255, 0, 0)  # a red band on the left
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    turn = lambda action, **extra: {"image": "a.png", **extra, "conversations": [  # noqa: E731
+        {"from": "human", "value": "<image>\nInstruction: go to the red cube. What is the next action?"}, {"from": "gpt", "value": action}]}
+    records = [turn("turn_left"), turn("turn_left", mirror=False), {"conversations": [{"from": "human", "value": "left?"}, {"from": "gpt", "value": "left"}]}]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    plain = ConversationDataset(tmp_path / "d.json", tokenizer, "v1", 256, image_size=56, visual_tokens=16)
+    ds = ConversationDataset(tmp_path / "d.json", tokenizer, "v1", 256, image_size=56, visual_tokens=16, mirror=True)
+    assert len(plain) == 3 and len(ds) == 6
+    answer = lambda sample: tokenizer.decode([t for t in sample["labels"] if t != IGNORE_INDEX and t != tokenizer.eos_id])  # noqa: E731
+    assert answer(ds[0]) == "turn_left" and answer(ds[3]) == "turn_right"
+    assert torch.equal(ds[3]["pixels"], ds[0]["pixels"].flip(-1)) and not torch.equal(ds[3]["pixels"], ds[0]["pixels"])
+    for i in (1, 2):  # marked unmirrorable, and text only
+        assert ds[3 + i]["ids"] == ds[i]["ids"] and ds[3 + i]["labels"] == ds[i]["labels"]
+    assert torch.equal(ds[4]["pixels"], ds[1]["pixels"]) and ds[5]["pixels"] is None
