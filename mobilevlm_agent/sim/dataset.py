@@ -32,6 +32,7 @@ NEAR = 1.0  # metres: "near" targets of the vision stage (where the planner must
 # whether it is near. Factored, not the 32 colour x shape labels: shape is then learned from every colour's examples
 # (the joint labels left the shape of held-out objects at chance, 0.24 of 4, after 2b).
 VISION_CLASSES = (*COLOURS, *SHAPES, "near")
+VISION_GROUPS = ([VISION_CLASSES.index(c) for c in COLOURS], [VISION_CLASSES.index(s) for s in SHAPES])  # one of each per object
 
 
 def existence_question(label: str) -> str:
@@ -169,7 +170,7 @@ def write_dataset(out_dir: str | Path, cfg: DatasetConfig = DatasetConfig()) -> 
     (out / "balanced.json").write_text(json.dumps(balanced(llava)))
     # Stage 2a (plain template, no question) only makes sense on captions, as in the paper's caption pretraining.
     (out / "captions.json").write_text(json.dumps([r for r in llava if r["kind"] == "describe"]))
-    (out / "labels.json").write_text(json.dumps({"classes": VISION_CLASSES, "records": labels}))
+    (out / "labels.json").write_text(json.dumps({"classes": VISION_CLASSES, "groups": VISION_GROUPS, "records": labels}))
     (out / "corpus.txt").write_text("\n".join(corpus) + "\n")
     (out / "sharegpt.json").write_text(json.dumps(dialogues))
     kinds = Counter(r["kind"] for r in llava)

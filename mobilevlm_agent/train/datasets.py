@@ -169,10 +169,12 @@ class ConversationDataset(Dataset):
 class LabelDataset(Dataset):
     """Images with object masks (`sim dataset`'s labels.json): the vision stage's dense targets.
 
-    File: {"classes": [name, ...], "records": [{"image": path, "mask": path, "objects": {"k": [class, ...]}}]}. The
-    mask is a PNG of object ids (0 = none); object k carries its classes. A sample's target is [grid * grid, classes]:
-    1 where an object of that class covers a visual token's cell (row-major, as the tokens), under the same padding
-    as the image. `mirror` doubles it: index n + i is record i mirrored left-right, image and targets.
+    File: {"classes": [name, ...], "groups": [[class, ...], ...], "records": [{"image": path, "mask": path, "objects":
+    {"k": [class, ...]}}]}. The mask is a PNG of object ids (0 = none); object k carries its classes; a group (optional)
+    lists classes of which every object has exactly one (its colour, its shape). A sample's target is [grid * grid,
+    classes]: the fraction of a visual token's cell (row-major, as the tokens) that an object of that class covers,
+    under the same padding as the image, 0 below MIN_COVER. `mirror` doubles it: index n + i is record i mirrored
+    left-right, image and targets.
     """
 
     MIN_COVER = 0.005  # of a cell: ~14 px of a 320x240 frame at a 6x6 grid, enough for a distant ball
@@ -183,6 +185,9 @@ class LabelDataset(Dataset):
         if not isinstance(data, dict) or not isinstance(data.get("records"), list) or not isinstance(data.get("classes"), list):
             raise InputError(f"{path}: a labels file is {{'classes': [...], 'records': [{{'image', 'mask', 'objects'}}, ...]}}")
         self.records, self.num_classes = data["records"], len(data["classes"])
+        self.groups = data.get("groups", [])
+        if not isinstance(self.groups, list) or not all(isinstance(g, list) and g and all(isinstance(c, int) and 0 <= c < self.num_classes for c in g) for g in self.groups):
+            raise InputError(f"{path}: 'groups' must be lists of class indices below {self.num_classes}")
         self.image_size, self.grid, self.pad_to_square = image_size, grid, pad_to_square
         self.image_folder = Path(image_folder) if image_folder else self.path.parent
         self.mirror = mirror
@@ -215,9 +220,9 @@ class LabelDataset(Dataset):
         target = torch.zeros(self.grid * self.grid, self.num_classes)
         for k, classes in objects.items():
             cover = cv2.resize((square == int(k)).astype(np.float32), (self.grid, self.grid), interpolation=cv2.INTER_AREA)
-            cells = torch.from_numpy(cover.ravel() >= self.MIN_COVER)
+            cover = torch.from_numpy(np.where(cover >= self.MIN_COVER, cover, 0.0).ravel())
             for c in classes:
-                target[cells, int(c)] = 1.0
+                target[:, int(c)] = torch.maximum(target[:, int(c)], cover)
         return target
 
 

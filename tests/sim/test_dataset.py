@@ -81,10 +81,12 @@ def test_vision_targets_are_one_colour_and_one_shape_per_object(sim_data):
 
     labels = json.loads((sim_data / "labels.json").read_text())
     assert tuple(labels["classes"]) == VISION_CLASSES
+    assert [[VISION_CLASSES[c] for c in g] for g in labels["groups"]] == [list(COLOURS), list(SHAPES)]
     for record in labels["records"]:
         for classes in record["objects"].values():
             names = [VISION_CLASSES[c] for c in classes]
             assert sum(n in COLOURS for n in names) == 1 and sum(n in SHAPES for n in names) == 1, names
+            assert all(len(set(g) & set(classes)) == 1 for g in labels["groups"])
 
 
 def test_only_conventions_are_marked_unmirrorable(sim_data):

@@ -123,7 +123,8 @@ def test_bad_data_errors(tmp_path, tokenizer, tokenizer_path, data_world):
 
 def test_vision_targets_follow_the_mask_through_the_padding(tmp_path):
     """A 240x320 frame pads to 320x320 (40 rows above and below): an object in the frame's top-left corner lands in
-    cell (0, 0) of a 4x4 grid only below the pad, and one filling the bottom-right cell's frame part lands there."""
+    cell (0, 0) of a 4x4 grid only below the pad (half the cell), and one filling the bottom-right cell's frame part
+    lands there (its upper half); targets are the covered fractions."""
     mask = np.zeros((240, 320), np.uint8)
     mask[:40, :80] = 1  # rows 40..80 of the padded square: the lower half of cell (0, 0)
     mask[200:, 240:] = 2  # rows 240..280: the upper half of cell (3, 3)
@@ -134,15 +135,19 @@ def test_vision_targets_follow_the_mask_through_the_padding(tmp_path):
         {"image": "i.png", "mask": "m.png", "objects": {"1": [0, 3], "2": [1], "3": [2]}}]}))
     sample = LabelDataset(tmp_path / "labels.json", image_size=56, grid=4)[0]
     target = sample["labels"].reshape(4, 4, 4)
-    assert target[0, 0].tolist() == [1, 0, 0, 1] and target[3, 3].tolist() == [0, 1, 0, 0]
-    assert target.sum() == 3 and sample["pixels"].shape == (3, 56, 56)
+    assert target[0, 0].tolist() == [0.5, 0, 0, 0.5] and target[3, 3].tolist() == [0, 0.5, 0, 0]
+    assert target.sum() == 1.5 and sample["pixels"].shape == (3, 56, 56)
     mirrored = LabelDataset(tmp_path / "labels.json", image_size=56, grid=4, mirror=True)
     assert len(mirrored) == 2
     flipped = mirrored[1]["labels"].reshape(4, 4, 4)
-    assert flipped[0, 3].tolist() == [1, 0, 0, 1] and flipped[3, 0].tolist() == [0, 1, 0, 0] and flipped.sum() == 3
+    assert flipped[0, 3].tolist() == [0.5, 0, 0, 0.5] and flipped[3, 0].tolist() == [0, 0.5, 0, 0] and flipped.sum() == 1.5
     (tmp_path / "labels.json").write_text(json.dumps({"num_targets": 4, "records": []}))
     with pytest.raises(InputError, match="labels file"):
         LabelDataset(tmp_path / "labels.json", image_size=56, grid=4)
+    for groups in ([[0, 4]], [[]], "ab"):  # a class out of range, an empty group, not a list
+        (tmp_path / "labels.json").write_text(json.dumps({"classes": ["a", "b", "c", "near"], "groups": groups, "records": []}))
+        with pytest.raises(InputError, match="groups"):
+            LabelDataset(tmp_path / "labels.json", image_size=56, grid=4)
 
 
 def test_mirror_text_swaps_sides_only():
