@@ -216,6 +216,16 @@ def cmd_eval_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_vision(args: argparse.Namespace) -> int:
+    """Score a vision-stage checkpoint: per object, the colour and shape its visual tokens tell (through the stage's
+    head), on a labels.json of views it was not trained on (e.g. `sim dataset --seed 9 --episodes 0`)."""
+    from mobilevlm_agent.eval.vision_probe import probe
+
+    report = probe(args.checkpoint, args.labels, args.limit)
+    print(json.dumps(report) if args.json else "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the agent in the simulator: answer a question about the view, then drive to the target.
 
@@ -368,11 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert-prob", type=float, default=0.3, help="chance the oracle's action is executed instead of the model's (default 0.3)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
-    p = add("sim", cmd_eval_sim, group("eval", "Evaluation harnesses."))
+    eval_group = group("eval", "Evaluation harnesses.")
+    p = add("sim", cmd_eval_sim, eval_group)
     p.add_argument("--model", help="checkpoint directory (omit to score only the oracle and random baselines)")
     p.add_argument("--episodes", type=int, default=20, help="navigation episodes (questions come from half as many scenes)")
     p.add_argument("--seed", type=int, default=0, help="held-out evaluation seed")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+
+    p = add("vision", cmd_eval_vision, eval_group)
+    p.add_argument("checkpoint", help="a vision-stage checkpoint: RUN/checkpoints/step-N (model/ and head.safetensors)")
+    p.add_argument("labels", help="labels.json of held-out views")
+    p.add_argument("--limit", type=int, help="score only the first N views")
     p.add_argument("--json", action="store_true", help="one JSON object")
 
     p = add("demo", cmd_demo)

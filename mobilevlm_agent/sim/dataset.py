@@ -32,7 +32,7 @@ NEAR = 1.0  # metres: "near" targets of the vision stage (where the planner must
 # whether it is near. Factored, not the 32 colour x shape labels: shape is then learned from every colour's examples
 # (the joint labels left the shape of held-out objects at chance, 0.24 of 4, after 2b).
 VISION_CLASSES = (*COLOURS, *SHAPES, "near")
-VISION_GROUPS = ([VISION_CLASSES.index(c) for c in COLOURS], [VISION_CLASSES.index(s) for s in SHAPES])  # one of each per object
+VISION_GROUPS = {"colour": [VISION_CLASSES.index(c) for c in COLOURS], "shape": [VISION_CLASSES.index(s) for s in SHAPES]}  # one of each per object
 
 
 def existence_question(label: str) -> str:

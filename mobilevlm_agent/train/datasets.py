@@ -169,7 +169,7 @@ class ConversationDataset(Dataset):
 class LabelDataset(Dataset):
     """Images with object masks (`sim dataset`'s labels.json): the vision stage's dense targets.
 
-    File: {"classes": [name, ...], "groups": [[class, ...], ...], "records": [{"image": path, "mask": path, "objects":
+    File: {"classes": [name, ...], "groups": {name: [class, ...]}, "records": [{"image": path, "mask": path, "objects":
     {"k": [class, ...]}}]}. The mask is a PNG of object ids (0 = none); object k carries its classes; a group (optional)
     lists classes of which every object has exactly one (its colour, its shape). A sample's target is [grid * grid,
     classes]: the fraction of a visual token's cell (row-major, as the tokens) that an object of that class covers,
@@ -185,9 +185,9 @@ class LabelDataset(Dataset):
         if not isinstance(data, dict) or not isinstance(data.get("records"), list) or not isinstance(data.get("classes"), list):
             raise InputError(f"{path}: a labels file is {{'classes': [...], 'records': [{{'image', 'mask', 'objects'}}, ...]}}")
         self.records, self.num_classes = data["records"], len(data["classes"])
-        self.groups = data.get("groups", [])
-        if not isinstance(self.groups, list) or not all(isinstance(g, list) and g and all(isinstance(c, int) and 0 <= c < self.num_classes for c in g) for g in self.groups):
-            raise InputError(f"{path}: 'groups' must be lists of class indices below {self.num_classes}")
+        self.groups = data.get("groups", {})
+        if not isinstance(self.groups, dict) or not all(isinstance(g, list) and g and all(isinstance(c, int) and 0 <= c < self.num_classes for c in g) for g in self.groups.values()):
+            raise InputError(f"{path}: 'groups' must map names to lists of class indices below {self.num_classes}")
         self.image_size, self.grid, self.pad_to_square = image_size, grid, pad_to_square
         self.image_folder = Path(image_folder) if image_folder else self.path.parent
         self.mirror = mirror

@@ -157,11 +157,11 @@ class VisionForward(torch.nn.Module):
 
     DOMINANT = 0.25  # of a cell: covered this much, a cell shows enough of its object to tell the group's class
 
-    def __init__(self, model: MobileVLM, num_classes: int, groups: list[list[int]] = ()) -> None:
+    def __init__(self, model: MobileVLM, num_classes: int, groups: dict[str, list[int]] | None = None) -> None:
         super().__init__()
         self.model = model
         self.head = torch.nn.Linear(model.config.llm.hidden_size, num_classes)
-        self.groups = [list(g) for g in groups]
+        self.groups = list((groups or {}).values())
 
     def forward(self, ids, labels: list[torch.Tensor], pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.head(self.model.encode_images(pixels).float())  # [B, tokens, classes]

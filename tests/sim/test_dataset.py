@@ -81,12 +81,12 @@ def test_vision_targets_are_one_colour_and_one_shape_per_object(sim_data):
 
     labels = json.loads((sim_data / "labels.json").read_text())
     assert tuple(labels["classes"]) == VISION_CLASSES
-    assert [[VISION_CLASSES[c] for c in g] for g in labels["groups"]] == [list(COLOURS), list(SHAPES)]
+    assert {name: [VISION_CLASSES[c] for c in g] for name, g in labels["groups"].items()} == {"colour": list(COLOURS), "shape": list(SHAPES)}
     for record in labels["records"]:
         for classes in record["objects"].values():
             names = [VISION_CLASSES[c] for c in classes]
             assert sum(n in COLOURS for n in names) == 1 and sum(n in SHAPES for n in names) == 1, names
-            assert all(len(set(g) & set(classes)) == 1 for g in labels["groups"])
+            assert all(len(set(g) & set(classes)) == 1 for g in labels["groups"].values())
 
 
 def test_only_conventions_are_marked_unmirrorable(sim_data):

@@ -55,8 +55,12 @@ def data_world(tmp_path_factory, tokenizer_path) -> dict:
         records.append({"image": r["image"], "mask": mask, "objects": {"1": [i]}})
     names = [f"{c} {s}" for c in COLOURS for s in SHAPES]
     (root / "labels.json").write_text(json.dumps({"classes": names, "records": records}))
+    factored = [*COLOURS, *SHAPES]  # the simulator's form: each object one colour and one shape, in named groups
+    grouped = [{**r, "objects": {"1": [factored.index(c), factored.index(s)]}} for r, (c, s) in zip(records, ((c, s) for c in COLOURS for s in SHAPES))]
+    groups = {"colour": list(range(len(COLOURS))), "shape": list(range(len(COLOURS), len(factored)))}
+    (root / "labels_grouped.json").write_text(json.dumps({"classes": factored, "groups": groups, "records": grouped}))
     (root / "finetune.jsonl").write_text("\n".join(json.dumps(r) for r in finetune))
-    return {"root": root, "tokens": tokens, "sft": root / "sft.json", "pretrain": root / "pretrain.json", "labels": root / "labels.json", "finetune": root / "finetune.jsonl", "tokenizer": tokenizer_path}
+    return {"root": root, "tokens": tokens, "sft": root / "sft.json", "pretrain": root / "pretrain.json", "labels": root / "labels.json", "labels_grouped": root / "labels_grouped.json", "finetune": root / "finetune.jsonl", "tokenizer": tokenizer_path}
 
 
 def overrides(world: dict, **extra) -> list[str]:

@@ -144,7 +144,7 @@ def test_vision_targets_follow_the_mask_through_the_padding(tmp_path):
     (tmp_path / "labels.json").write_text(json.dumps({"num_targets": 4, "records": []}))
     with pytest.raises(InputError, match="labels file"):
         LabelDataset(tmp_path / "labels.json", image_size=56, grid=4)
-    for groups in ([[0, 4]], [[]], "ab"):  # a class out of range, an empty group, not a list
+    for groups in ({"g": [0, 4]}, {"g": []}, [[0, 1]]):  # a class out of range, an empty group, not named
         (tmp_path / "labels.json").write_text(json.dumps({"classes": ["a", "b", "c", "near"], "groups": groups, "records": []}))
         with pytest.raises(InputError, match="groups"):
             LabelDataset(tmp_path / "labels.json", image_size=56, grid=4)

@@ -220,6 +220,29 @@ def test_vision_stage_learns_labels_and_trains_only_vision_and_projector(data_wo
     assert any(not torch.equal(after[k], init[k]) for k in after if k.startswith("projector."))
 
 
+def test_vision_probe_scores_what_the_tokens_learned(data_world, tmp_path):
+    """`eval vision` on a vision stage trained with class groups: each object's colour and shape are read back from
+    its own cells; a blank head (every class alike) reads only the first class of each group; a labels file without
+    groups is refused."""
+    from mobilevlm_agent.errors import InputError
+    from mobilevlm_agent.eval.vision_probe import probe
+    from mobilevlm_agent.train.loop import fit
+
+    recipe = load_recipe("demo-stagev", overrides(data_world, model="tiny-vlm-v2", data__path=data_world["labels_grouped"], max_steps=60, data__mirror=False,
+                                                    micro_batch=8, global_batch=8, save_every=60, data__num_workers=0, optim__warmup_steps=5))
+    fit(recipe, tmp_path / "sv")
+    trained = probe(tmp_path / "sv" / "checkpoints" / "step-0000060", data_world["labels_grouped"])
+    assert trained["objects"] == 8 and trained["colour"] >= 0.75 and trained["shape"] >= 0.75, trained
+    from safetensors.torch import load_file, save_file
+
+    blank = tmp_path / "blank"
+    shutil.copytree(tmp_path / "sv" / "checkpoints" / "step-0000060", blank)
+    save_file({k: torch.zeros_like(v) for k, v in load_file(blank / "head.safetensors").items()}, blank / "head.safetensors")
+    assert probe(blank, data_world["labels_grouped"]) == {"objects": 8, "colour": 0.25, "shape": 0.5}
+    with pytest.raises(InputError, match="no class groups"):
+        probe(tmp_path / "sv" / "checkpoints" / "step-0000060", data_world["labels"])
+
+
 def test_vision_group_term_teaches_the_class_of_mostly_covered_cells_only():
     """Within a group (say, shapes) a cell an object mostly covers gets a softmax over the group: the gradient raises
     its true class against the others. A sliver (under DOMINANT) adds nothing beyond the presence term."""
@@ -228,7 +251,7 @@ def test_vision_group_term_teaches_the_class_of_mostly_covered_cells_only():
 
     model = random_model("tiny-vlm-v2", seed=0)
     tokens, pixels = model.config.num_visual_tokens, torch.randn(1, 3, model.config.vision.image_size, model.config.vision.image_size)
-    plain, grouped = VisionForward(model, 3), VisionForward(model, 3, groups=[[0, 1]])
+    plain, grouped = VisionForward(model, 3), VisionForward(model, 3, groups={"g": [0, 1]})
     grouped.head.load_state_dict(plain.head.state_dict())
 
     def loss_and_bias_grad(forward, cover: float):
