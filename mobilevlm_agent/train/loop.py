@@ -152,8 +152,8 @@ class VisionForward(torch.nn.Module):
     image-level head over all tokens at once overfit (held-out shape 43 % against 69 % on the training views).
 
     Two terms: presence (per class, binary cross-entropy: any cover) and, for each exclusive group of classes
-    (colours, shapes), a softmax over the group on the cells an object mostly covers. Presence alone learned colour
-    but left shape at its prior: a sliver of an object in a cell says its colour, not its shape."""
+    (colours, shapes), a softmax over the group on the cells its classes cover at least DOMINANT of. Presence alone
+    learned colour but left shape at its prior: a sliver of an object in a cell says its colour, not its shape."""
 
     DOMINANT = 0.25  # of a cell: covered this much, a cell shows enough of its object to tell the group's class
 
