@@ -57,8 +57,8 @@ def resize_and_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     return rgb[top : top + size, left : left + size]
 
 
-def preprocess(rgb: np.ndarray, image_size: int, pad_to_square: bool = True) -> torch.Tensor:
-    """RGB uint8 [H, W, 3] -> normalised pixel values [1, 3, S, S] float32."""
+def fit_image(rgb: np.ndarray, image_size: int, pad_to_square: bool = True) -> np.ndarray:
+    """RGB uint8 [H, W, 3] -> the model's square RGB uint8 [S, S, 3] (expand2square or not, then resize and crop)."""
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         desc = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
         raise InputError(f"expected an RGB uint8 image of shape [H, W, 3], got {desc}")
@@ -66,9 +66,19 @@ def preprocess(rgb: np.ndarray, image_size: int, pad_to_square: bool = True) -> 
         raise InputError(f"empty image of shape {rgb.shape}")
     if pad_to_square:
         rgb = expand2square(rgb)
-    x = resize_and_crop(rgb, image_size).astype(np.float32) / 255.0
+    return resize_and_crop(rgb, image_size)
+
+
+def normalize(fitted: np.ndarray) -> torch.Tensor:
+    """Square RGB uint8 [S, S, 3] -> CLIP-normalised pixel values [1, 3, S, S] float32."""
+    x = fitted.astype(np.float32) / 255.0
     x = (x - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+
+
+def preprocess(rgb: np.ndarray, image_size: int, pad_to_square: bool = True) -> torch.Tensor:
+    """RGB uint8 [H, W, 3] -> normalised pixel values [1, 3, S, S] float32."""
+    return normalize(fit_image(rgb, image_size, pad_to_square))
 
 
 def frame_key(rgb: np.ndarray) -> str:

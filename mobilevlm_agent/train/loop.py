@@ -100,11 +100,11 @@ def build_dataset(recipe: Recipe, model: MobileVLM):
         if vision is None:
             raise ConfigError(f"the vision stage needs a multimodal model, {model.config.name} is text-only")
         return LabelDataset(d.path, vision.image_size, math.isqrt(model.config.num_visual_tokens), d.image_folder,
-                            pad_to_square=d.image_aspect_ratio == "pad", mirror=d.mirror)
+                            pad_to_square=d.image_aspect_ratio == "pad", mirror=d.mirror, cache_mb=d.cache_mb)
     return ConversationDataset(
         d.path, model.tokenizer, d.template, d.seq_len,
         image_size=vision.image_size if vision else 0, visual_tokens=model.config.num_visual_tokens,
-        image_folder=d.image_folder, pad_to_square=d.image_aspect_ratio == "pad", mirror=d.mirror,
+        image_folder=d.image_folder, pad_to_square=d.image_aspect_ratio == "pad", mirror=d.mirror, cache_mb=d.cache_mb,
     )
 
 

@@ -23,6 +23,7 @@ class DataArgs:
     image_aspect_ratio: str = "pad"  # pad = expand2square (fine-tuning); square = resize + centre crop
     num_workers: int = 0  # DataLoader workers (images are decoded there)
     mirror: bool = False  # images: also train on each one mirrored left-right, left/right swapped in its text
+    cache_mb: int = 0  # images: keep this many MB of decoded, resized images per worker (0: decode every time)
 
 
 @dataclass
@@ -80,6 +81,8 @@ class Recipe:
             problems.append(f"data.path {self.data.path!r} does not exist")
         if self.stage in ("projector", "finetune") and self.data.kind != "multimodal":
             problems.append(f"stage {self.stage} needs data.kind multimodal, got {self.data.kind}")
+        if self.data.cache_mb < 0:
+            problems.append(f"data.cache_mb {self.data.cache_mb} is negative")
         if self.strategy not in ("ddp", "zero1", "fsdp"):
             problems.append(f"strategy {self.strategy!r} is not ddp, zero1 or fsdp")
         if self.precision not in ("auto", "bf16", "fp32"):

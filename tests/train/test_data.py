@@ -13,7 +13,8 @@ from mobilevlm_agent.conversation import get_template
 from mobilevlm_agent.errors import InputError
 from mobilevlm_agent.model.random_init import random_model
 from mobilevlm_agent.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from mobilevlm_agent.train.datasets import ConversationDataset, LabelDataset, PackedDataset, StepSampler, mirror_text
+from mobilevlm_agent.preprocess import load_image, preprocess
+from mobilevlm_agent.train.datasets import ConversationDataset, ImageCache, LabelDataset, PackedDataset, StepSampler, mirror_text
 from mobilevlm_agent.train.tokenize_data import tokenize_corpus
 
 
@@ -148,6 +149,40 @@ def test_vision_targets_follow_the_mask_through_the_padding(tmp_path):
         (tmp_path / "labels.json").write_text(json.dumps({"classes": ["a", "b", "c", "near"], "groups": groups, "records": []}))
         with pytest.raises(InputError, match="groups"):
             LabelDataset(tmp_path / "labels.json", image_size=56, grid=4)
+
+
+def test_image_cache_gives_the_decoded_pixels_and_keeps_to_its_budget(tmp_path):
+    """Cached pixels equal a fresh decode; a second read of a kept image decodes nothing, images past the budget
+    are decoded (and counted) every time, and budget 0 keeps nothing."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"{k}.png")
+        cv2.imwrite(str(paths[-1]), rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    one_image_mb = 56 * 56 * 3 / 2**20
+    cache = ImageCache(56, pad_to_square=True, budget_mb=1)  # 1 MB holds all three 56x56 images
+    for _ in range(2):
+        for p in paths:
+            assert torch.equal(cache.pixels(p), preprocess(load_image(p), 56, pad_to_square=True)[0])
+    assert cache.misses == 3 and cache.used == 3 * 56 * 56 * 3
+    tight = ImageCache(56, pad_to_square=True, budget_mb=2.5 * one_image_mb)  # room for two
+    for _ in range(2):
+        for p in paths:
+            tight.pixels(p)
+    assert tight.misses == 4 and tight.used == 2 * 56 * 56 * 3
+    off = ImageCache(56, pad_to_square=True)
+    off.pixels(paths[0]), off.pixels(paths[0])
+    assert off.misses == 2 and off.used == 0
+
+
+def test_cached_label_dataset_matches_the_uncached_one(data_world):
+    plain = LabelDataset(data_world["labels_grouped"], image_size=56, grid=4, mirror=True)
+    cached = LabelDataset(data_world["labels_grouped"], image_size=56, grid=4, mirror=True, cache_mb=16)
+    for _ in range(2):
+        for i in range(len(plain)):
+            a, b = plain[i], cached[i]
+            assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["labels"], b["labels"])
+    assert cached.images.misses == len(plain.records) and plain.images.misses == 2 * len(plain)
 
 
 def test_mirror_text_swaps_sides_only():
