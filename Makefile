@@ -29,7 +29,7 @@ demo: setup
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# The bundled demo model, from scratch: simulator data -> tokenizer -> stages 0, 1, vision, 2a, 2b -> one DAgger round -> eval.
+# The bundled demo model, from scratch: simulator data -> tokenizer -> stages 0, 1, vision, 2a, 2b -> one DAgger round (two runs on its mix) -> eval.
 DM := build/demo-model
 MVA := $(VENV)/bin/mobilevlm-agent
 SCENES ?= 120
@@ -43,9 +43,10 @@ demo-model: setup
 	$(MVA) train demo-stage2a --out $(DM)/s2a --set model=demo-vlm --set tokenizer=$(DM)/tokenizer.model --set "init_from={llm: $(DM)/s1/model, vision: $(DM)/sv/model, projector: $(DM)/sv/model}" --set data.path=$(DM)/data/captions.json
 	$(MVA) train demo-stage2b --out $(DM)/s2b --set model=$(DM)/s2a/model --set data.path=$(DM)/data/balanced.json
 	$(MVA) sim dagger --model $(DM)/s2b/model --data $(DM)/data --seed 1 --scenes 40 --episodes 3
-	$(MVA) train demo-stage2b --out $(DM)/dagger1 --set model=$(DM)/s2b/model --set data.path=$(DM)/data/balanced_dagger1.json --set optim.lr=5e-4 --set optim.warmup_steps=20 --set max_steps=3600 --set save_every=900
-	for s in s0 s1 sv s2a s2b dagger1; do $(MVA) plot $(DM)/$$s; done
-	mkdir -p models/demo && cp $(DM)/dagger1/model/config.json $(DM)/dagger1/model/model.safetensors $(DM)/dagger1/model/tokenizer.model models/demo/
-	$(MVA) plot $(DM)/s0 $(DM)/s1 $(DM)/sv $(DM)/s2a $(DM)/s2b $(DM)/dagger1 --out models/demo/training_curves.png
+	$(MVA) train demo-stage2b --out $(DM)/dagger1 --set model=$(DM)/s2b/model --set data.path=$(DM)/data/balanced_dagger1.json --set optim.lr=5e-4 --set optim.warmup_steps=20 --set max_steps=1200 --set save_every=300
+	$(MVA) train demo-stage2b --out $(DM)/dagger1b --set model=$(DM)/dagger1/model --set data.path=$(DM)/data/balanced_dagger1.json --set optim.lr=5e-4 --set optim.warmup_steps=20 --set max_steps=2400 --set save_every=600
+	for s in s0 s1 sv s2a s2b dagger1 dagger1b; do $(MVA) plot $(DM)/$$s; done
+	mkdir -p models/demo && cp $(DM)/dagger1b/model/config.json $(DM)/dagger1b/model/model.safetensors $(DM)/dagger1b/model/tokenizer.model models/demo/
+	$(MVA) plot $(DM)/s0 $(DM)/s1 $(DM)/sv $(DM)/s2a $(DM)/s2b $(DM)/dagger1 $(DM)/dagger1b --out models/demo/training_curves.png
 	$(MVA) eval sim --model models/demo --episodes 20 --seed 7 --json > models/demo/eval.json
 	$(PY) -c "import json; from mobilevlm_agent.eval.sim_eval import format_table; print(format_table(json.load(open('models/demo/eval.json'))))" | tee $(DM)/eval.txt
