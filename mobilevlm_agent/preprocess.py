@@ -15,6 +15,8 @@ from mobilevlm_agent.errors import InputError
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PAD_COLOR = tuple(int(255 * m) for m in CLIP_MEAN)  # (122, 116, 104)
+_MEAN = np.array(CLIP_MEAN, dtype=np.float32)  # built once: normalize runs for every training sample
+_STD = np.array(CLIP_STD, dtype=np.float32)
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -71,8 +73,7 @@ def fit_image(rgb: np.ndarray, image_size: int, pad_to_square: bool = True) -> n
 
 def normalize(fitted: np.ndarray) -> torch.Tensor:
     """Square RGB uint8 [S, S, 3] -> CLIP-normalised pixel values [1, 3, S, S] float32."""
-    x = fitted.astype(np.float32) / 255.0
-    x = (x - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
+    x = (fitted.astype(np.float32) / 255.0 - _MEAN) / _STD
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
 
 

@@ -221,7 +221,7 @@ class LabelDataset(Dataset):
         self.image_folder = Path(image_folder) if image_folder else self.path.parent
         self.mirror = mirror
         self.images = ImageCache(image_size, pad_to_square, cache_mb)
-        self._targets: dict[int, torch.Tensor] | None = {} if cache_mb else None
+        self._targets: dict[int, torch.Tensor] = {}  # kept only when caching (self.images.budget)
 
     def __len__(self) -> int:
         return len(self.records) * (2 if self.mirror else 1)
@@ -229,10 +229,10 @@ class LabelDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         i, mirrored = i % len(self.records), i >= len(self.records)
         pixels = self.images.pixels(self.image_folder / self.records[i]["image"])
-        targets = self._targets.get(i) if self._targets is not None else None
+        targets = self._targets.get(i)
         if targets is None:
             targets = self.record_targets(i)
-            if self._targets is not None:
+            if self.images.budget:
                 self._targets[i] = targets
         if mirrored:
             pixels = mirror_pixels(pixels)
