@@ -204,6 +204,15 @@ def cmd_sim_dagger(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_contrast(args: argparse.Namespace) -> int:
+    """Contrast views: the robot in front of each object, that one view labelled for it and for another object;
+    writes DATA/contrastS.json and DATA/balanced_contrastS.json (the --base mix plus the new samples), S = --seed."""
+    from mobilevlm_agent.sim.contrast import write_contrast
+
+    print(json.dumps(write_contrast(args.data, args.seed, args.scenes, base=args.base)))
+    return 0
+
+
 def cmd_eval_sim(args: argparse.Namespace) -> int:
     """Score a model on held-out simulator seeds (POPE per split, colour/shape QA, closed-loop navigation),
     beside the oracle (upper bound) and a random policy. --json prints one object."""
@@ -377,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=3, help="episodes per scene (default 3)")
     p.add_argument("--expert-prob", type=float, default=0.3, help="chance the oracle's action is executed instead of the model's (default 0.3)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+    p = add("contrast", cmd_sim_contrast, sim)
+    p.add_argument("--data", required=True, help="a `sim dataset` output directory")
+    p.add_argument("--base", default="balanced.json", help="the mix in DATA to add to (default balanced.json)")
+    p.add_argument("--scenes", type=int, default=120, help="procedural scenes (default 120)")
+    p.add_argument("--seed", type=int, default=3, help="dataset seed of the new scenes (default 3; `sim dataset` used 0, DAgger 1 and 2)")
 
     eval_group = group("eval", "Evaluation harnesses.")
     p = add("sim", cmd_eval_sim, eval_group)
