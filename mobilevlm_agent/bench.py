@@ -238,8 +238,8 @@ def run_bench(task: str, target: str, backend: str = "torch", quant: str = "none
 
 def memory_bandwidth_gb_s(threads: int, megabytes: int = 512, repeats: int = 5) -> float:
     """Read bandwidth (the decode roofline): the best of `repeats` passes over a buffer far larger than any cache, by
-    the faster of two one-pass reads. A plain sum alone is bound by its reduction on some CPUs (28.7 GB/s where
-    `dot(x, x)` reads 40.1 GB/s, on an AVX-512 EPYC), which put one runtime at 119 % of its "limit"."""
+    the faster of two one-pass reads. A plain sum alone is bound by its reduction on some CPUs: on 2 cores of an
+    AVX-512 EPYC it read 28.7 GB/s where `dot(x, x)` read 32-40 GB/s, and one runtime decoded at 119 % of its "limit"."""
     torch.set_num_threads(threads)
     buffer = torch.ones(megabytes * 2**20 // 4)
     best = min(min(median_time(read, repeats, torch.device("cpu"))[1]) for read in (buffer.sum, lambda: torch.dot(buffer, buffer)))

@@ -6,6 +6,8 @@ way (27 of 28 failed episodes ended in a confident stop in front of a distractor
 shape). Here the robot is placed in front of each object, near (where the oracle stops) or on the approach, and that
 one view is labelled twice by the camera-only oracle: for the object in front (stop / forward) and for another object
 of the room, preferably one sharing its colour or shape (search or turn). Only the instruction tells the two apart.
+On the demo model this data did not help yet: it could not fit those pairs even on its training views, the vision
+tower is what fails (models/demo/MODEL_CARD.md).
 """
 from __future__ import annotations
 
