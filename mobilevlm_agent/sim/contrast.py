@@ -11,7 +11,6 @@ tower is what fails (models/demo/MODEL_CARD.md).
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections import Counter
@@ -19,12 +18,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mobilevlm_agent.errors import ConfigError
-from mobilevlm_agent.sim.dataset import NAV_TEMPLATES, nav_prompt, sample, save_view, scene_seeds
+from mobilevlm_agent.sim.dataset import NAV_TEMPLATES, base_mix, nav_prompt, sample, save_view, scene_seeds, write_round
 from mobilevlm_agent.sim.oracle import oracle_action
 from mobilevlm_agent.sim.scene import ObjectSpec
 from mobilevlm_agent.sim.world import ROBOT_RADIUS, SimEnv
-from mobilevlm_agent.train.datasets import read_records
 
 GAPS = {"near": (0.15, 0.40), "approach": (0.8, 1.8)}  # metres from the robot to the object's surface
 
@@ -72,16 +69,10 @@ def write_contrast(data_dir: str | Path, seed: int, scenes: int, base: str = "ba
     plus the new samples, S = `seed`). Stops are not repeated here as `balanced` does for trajectories: each stop has
     its own image's non-stop twin, and the pair must weigh alike."""
     out = Path(data_dir)
-    if not (out / base).is_file():
-        raise ConfigError(f"{out / base} not found: run `sim dataset --out {out}` first")
+    base_mix(out, base)
     rng, env, samples, label_records = random.Random(seed), SimEnv(), [], []
     for scene_seed in tqdm(scene_seeds(seed, scenes), desc="contrast"):
         env.reset(seed=scene_seed)
         samples += contrast_samples(rng, env, f"c{scene_seed}", out, label_records)
     env.close()
-    mix = read_records(out / base) + samples
-    random.Random(seed).shuffle(mix)
-    (out / f"contrast{seed}.json").write_text(json.dumps(samples))
-    (out / f"balanced_contrast{seed}.json").write_text(json.dumps(mix))
-    labels = Counter(r["conversations"][1]["value"] for r in samples)
-    return {"scenes": scenes, "seed": seed, "samples": len(samples), "views": len(label_records), "labels": dict(labels), "base": base, "mix": len(mix)}
+    return {"scenes": scenes, "seed": seed, "views": len(label_records), **write_round(out, f"contrast{seed}", samples, base, samples, seed)}

@@ -6,7 +6,6 @@ views it never trained on. These samples are exactly those views, each labelled 
 """
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -14,11 +13,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mobilevlm_agent.agent.planner import ModelPlanner
-from mobilevlm_agent.errors import ConfigError
 from mobilevlm_agent.model.vlm import MobileVLM
-from mobilevlm_agent.sim.dataset import DatasetConfig, balanced, navigation_samples, scene_seeds
+from mobilevlm_agent.sim.dataset import DatasetConfig, balanced, base_mix, navigation_samples, scene_seeds, write_round
 from mobilevlm_agent.sim.world import SimEnv
-from mobilevlm_agent.train.datasets import read_records
 
 
 def write_dagger(data_dir: str | Path, model: MobileVLM, cfg: DatasetConfig, expert_prob: float = 0.3, base: str = "balanced.json") -> dict:
@@ -26,8 +23,7 @@ def write_dagger(data_dir: str | Path, model: MobileVLM, cfg: DatasetConfig, exp
     and DATA/balanced_daggerS.json (`base` plus the new samples, stops repeated as in `balanced`), S = `cfg.seed`.
     A later round aggregates by taking the previous round's mix as its `base`."""
     out = Path(data_dir)
-    if not (out / base).is_file():
-        raise ConfigError(f"{out / base} not found: run `sim dataset --out {out}` first")
+    base_mix(out, base)
     planner = ModelPlanner(model)
     driven = Counter()
 
@@ -42,10 +38,5 @@ def write_dagger(data_dir: str | Path, model: MobileVLM, cfg: DatasetConfig, exp
         for e in range(cfg.nav_episodes_per_scene):
             samples += navigation_samples(rng, env, f"d{scene_seed}_n{e}", out, cfg, label_records, drive, expert_prob)
     env.close()
-    mix = read_records(out / base) + balanced(samples, seed=cfg.seed)
-    random.Random(cfg.seed).shuffle(mix)
-    (out / f"dagger{cfg.seed}.json").write_text(json.dumps(samples))
-    (out / f"balanced_dagger{cfg.seed}.json").write_text(json.dumps(mix))
-    labels = Counter(r["conversations"][1]["value"] for r in samples)
-    return {"scenes": cfg.scenes, "seed": cfg.seed, "samples": len(samples), "labels": dict(labels), "model_actions": dict(driven),
-            "expert_prob": expert_prob, "base": base, "mix": len(mix)}
+    written = write_round(out, f"dagger{cfg.seed}", samples, base, balanced(samples, seed=cfg.seed), cfg.seed)
+    return {"scenes": cfg.scenes, "seed": cfg.seed, **written, "model_actions": dict(driven), "expert_prob": expert_prob}

@@ -21,6 +21,7 @@ from mobilevlm_agent.errors import ConfigError
 from mobilevlm_agent.sim.oracle import oracle_action
 from mobilevlm_agent.sim.scene import COLOURS, SHAPES, ObjectSpec
 from mobilevlm_agent.sim.world import ROBOT_RADIUS, SimEnv
+from mobilevlm_agent.train.datasets import read_records
 
 NAV_TEMPLATES = ("go to the {}", "drive to the {}", "navigate to the {}", "find the {} and stop next to it", "move to the {}")
 POPE_SPLITS = ("random", "popular", "adversarial")
@@ -178,6 +179,24 @@ def write_dataset(out_dir: str | Path, cfg: DatasetConfig = DatasetConfig()) -> 
                 "corpus_lines": len(corpus), "dialogues": len(dialogues)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def base_mix(out: Path, base: str) -> Path:
+    """The mix a new round of samples (DAgger, contrast views) is added to; checked before the round's long rollout."""
+    if not (out / base).is_file():
+        raise ConfigError(f"{out / base} not found: run `sim dataset --out {out}` first")
+    return out / base
+
+
+def write_round(out: Path, name: str, samples: list[dict], base: str, added: list[dict], seed: int) -> dict:
+    """Write OUT/NAME.json (the round's samples) and OUT/balanced_NAME.json (`base` plus `added`, shuffled); returns
+    the counts for the round's report."""
+    mix = read_records(base_mix(out, base)) + added
+    random.Random(seed).shuffle(mix)
+    (out / f"{name}.json").write_text(json.dumps(samples))
+    (out / f"balanced_{name}.json").write_text(json.dumps(mix))
+    labels = Counter(r["conversations"][1]["value"] for r in samples)
+    return {"samples": len(samples), "labels": dict(labels), "base": base, "mix": len(mix)}
 
 
 def balanced(samples: list[dict], seed: int = 0) -> list[dict]:
