@@ -6,8 +6,8 @@ way (27 of 28 failed episodes ended in a confident stop in front of a distractor
 shape). Here the robot is placed in front of each object, near (where the oracle stops) or on the approach, and that
 one view is labelled twice by the camera-only oracle: for the object in front (stop / forward) and for another object
 of the room, preferably one sharing its colour or shape (search or turn). Only the instruction tells the two apart.
-On the demo model this data did not help yet: it could not fit those pairs even on its training views, the vision
-tower is what fails (models/demo/MODEL_CARD.md).
+On the previous demo weights this data did not help: they could not fit those pairs even on their training views
+(models/demo/MODEL_CARD.md, "Contrast views").
 """
 from __future__ import annotations
 
@@ -56,9 +56,10 @@ def contrast_samples(rng: random.Random, env: SimEnv, name: str, out: Path, labe
             env.teleport(*pose)
             view = f"{name}_o{i}_{where}"
             label_records.append(save_view(out, view, env))
+            visible = env.visible_objects()  # ray-cast once per view, shared by its two labels
             for j, target in enumerate((obj, rng.choice(alike or others))):
                 action = oracle_action(env, target, camera_only=True)
-                searching = target not in env.visible_objects()
+                searching = target not in visible
                 instruction = rng.choice(NAV_TEMPLATES).format(target.label)
                 samples.append(sample(f"{view}_i{j}", label_records[-1]["image"], nav_prompt(instruction), action, kind="nav", mirror=not searching))
     return samples
