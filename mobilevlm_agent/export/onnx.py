@@ -28,6 +28,8 @@ from mobilevlm_agent.model.vlm import MobileVLM
 ONNX_QUANT_MODES = ("none", "int8", "int4")
 MANIFEST = "onnx_model.json"
 OPSET = 17
+EXTERNAL_MIN_BYTES = 1024
+EXTERNAL_ALIGN = 4096
 
 
 def _onnx():
@@ -46,17 +48,38 @@ def check_onnx_quant(quant: str, group_size: int) -> None:
 
 
 class GraphBuilder:
-    """Nodes, initializers and unique names for one ONNX graph."""
+    """Nodes, initializers and unique names for one ONNX graph.
 
-    def __init__(self) -> None:
+    With `data_file`, every initializer of 1 KiB or more is written there as it is made (ONNX external data), so an
+    export holds the model plus one tensor, not the model plus two serialised copies (21 GB for a 1.7B fp32 decoder).
+    """
+
+    def __init__(self, data_file: Path | None = None) -> None:
         self.nodes: list = []
         self.initializers: list = []
+        self.data_file = data_file
+        self._data = open(data_file, "wb") if data_file is not None else None
 
     def constant(self, name: str, array: np.ndarray) -> str:
-        from onnx import numpy_helper
+        from onnx import TensorProto, helper, numpy_helper
 
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.ascontiguousarray(array)
+        if self._data is None or array.nbytes < EXTERNAL_MIN_BYTES:
+            self.initializers.append(numpy_helper.from_array(array, name))
+            return name
+        offset = -self._data.tell() % EXTERNAL_ALIGN + self._data.tell()  # page-aligned, so onnxruntime can map it
+        self._data.seek(offset)
+        self._data.write(memoryview(array).cast("B"))
+        tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape,
+                             data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", self.data_file.name), ("offset", str(offset)), ("length", str(array.nbytes))):
+            tensor.external_data.add(key=key, value=value)
+        self.initializers.append(tensor)
         return name
+
+    def close(self) -> None:
+        if self._data is not None:
+            self._data.close()
 
     def node(self, op: str, inputs: list[str], outputs: list[str] | str, domain: str = "", **attrs) -> list[str]:
         from onnx import helper
@@ -94,17 +117,17 @@ class GraphBuilder:
         return self.node("SimplifiedLayerNormalization", [x, w], f"{name}.out", axis=-1, epsilon=eps)[0]
 
 
-def decoder_graph(model: MobileVLM, quant: str, group_size: int):
+def decoder_graph(model: MobileVLM, quant: str, group_size: int, data_file: Path | None = None):
     """inputs_embeds [1, S, H] + past KV (shared with present) -> next-token logits [1, 1, V] + present KV.
 
     seqlens_k [1] int32 = positions filled after this call - 1; total_sequence_length (int32 scalar) = the same + 1.
     Positions [past, past + S) are computed from them, so a cached prefix is continued, not recomputed.
-    lm_head is int8 under int4, as on the torch backend.
+    lm_head is int8 under int4, as on the torch backend. With `data_file`, the weights are streamed there.
     """
     from onnx import TensorProto, helper
 
     llm, cfg = model.llm, model.llm.config
-    g = GraphBuilder()
+    g = GraphBuilder(data_file)
     d, kv_heads = cfg.head_dim, cfg.num_key_value_heads
     # GroupQueryAttention takes the first half of the torch path's rotate-half tables: the same frequencies
     cos, sin = llm.rope(0, cfg.max_position_embeddings, torch.empty(0))
@@ -142,6 +165,7 @@ def decoder_graph(model: MobileVLM, quant: str, group_size: int):
     h = g.rms_norm(last, llm.norm.weight, "norm", cfg.rms_norm_eps)
     logits = g.linear(h, llm.lm_head.weight, "lm_head", "int8" if quant == "int4" else quant, group_size)
     g.node("Identity", [logits], "logits")
+    g.close()
     graph = helper.make_graph(g.nodes, "mobilellama_decoder", inputs, outputs, g.initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET + 1), helper.make_opsetid("com.microsoft", 1)],
                              producer_name="mobilevlm_agent")
@@ -183,12 +207,10 @@ def export_model(model: MobileVLM, out_dir: str | Path, quant: str = "int4", gro
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.float().cpu().eval()
+    (out / "decoder.onnx").unlink(missing_ok=True)
     with torch.no_grad():
-        decoder = decoder_graph(model, quant, group_size)
-    for stale in (out / "decoder.onnx", out / "decoder.onnx.data"):
-        stale.unlink(missing_ok=True)
-    onnx.save_model(decoder, out / "decoder.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="decoder.onnx.data", size_threshold=1024)
+        decoder = decoder_graph(model, quant, group_size, out / "decoder.onnx.data")
+    onnx.save_model(decoder, out / "decoder.onnx")
     del decoder
     from safetensors.numpy import save_file
 

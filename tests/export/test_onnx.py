@@ -71,6 +71,20 @@ def test_decoder_matches_torch(torch_model, exports, quant, floor):
     assert int(got[-1].argmax()) == int(expected[-1].argmax()) or quant != "none"
 
 
+def test_decoder_weights_are_streamed_to_page_aligned_external_data(exports):
+    import onnx
+
+    graph = onnx.load(exports / "none" / "decoder.onnx", load_external_data=False).graph
+    external = [t for t in graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    inline = [t for t in graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+    assert external and all(len(t.raw_data) < 1024 for t in inline)
+    data_size = (exports / "none" / "decoder.onnx.data").stat().st_size
+    for tensor in external:
+        entry = {e.key: e.value for e in tensor.external_data}
+        assert entry["location"] == "decoder.onnx.data" and int(entry["offset"]) % 4096 == 0
+        assert int(entry["offset"]) + int(entry["length"]) <= data_size
+
+
 def test_continuing_a_prefix_equals_one_prefill(exports, torch_model):
     ort_model = OrtMobileVLM(exports / "none", threads=1)
     embeds = torch.randn(1, 20, torch_model.config.llm.hidden_size) * 0.02
