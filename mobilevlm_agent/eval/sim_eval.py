@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 from tqdm import tqdm
@@ -71,9 +71,26 @@ def answer_all(questions, answer) -> dict:
             "qa_accuracy": sum(qa) / max(1, len(qa))}
 
 
+def nav_outcome(env, target, episode) -> str:
+    """Why an episode ended as it did: success, collision, timeout, or where the robot stopped. `wrong_*` means it
+    stopped facing another object within reach: one of the target's colour, its shape, or neither."""
+    if env.nav_success(target):
+        return "success"
+    if env.collisions:
+        return "collision"
+    if episode.status == "timeout":
+        return "timeout"
+    near = [o for o in env.scene.objects if env.distance_to(o) <= ARRIVE + 0.4 and abs(env.bearing_to(o)) <= math.radians(30)]
+    faced = min(near, key=env.distance_to, default=None)
+    if faced is not None and faced is not target:
+        return "wrong_same_colour" if faced.colour == target.colour else "wrong_same_shape" if faced.shape == target.shape else "wrong_other"
+    return "misaligned" if env.distance_to(target) <= ARRIVE else "stopped_short"
+
+
 def navigate_all(episodes: int, seed: int, make_planner) -> dict:
     rng, env = random.Random(seed), SimEnv()
     success, spl, collisions, steps, latency_ms = [], [], 0, [], []
+    outcomes: Counter[str] = Counter()
     for e in tqdm(range(episodes), desc="nav", leave=False):
         env.reset(seed=HELD_OUT + seed * 1000 + e)
         env.teleport(*random_pose(rng, env))
@@ -90,13 +107,15 @@ def navigate_all(episodes: int, seed: int, make_planner) -> dict:
         agent = Agent(make_planner(env, target), SafetyGovernor(SafetyLimits(max_linear=0.6, max_angular=1.5, max_linear_accel=10, max_angular_accel=20), dry_run=False), max_steps=80)
         episode = run_episode(agent, env, rng.choice(NAV_TEMPLATES).format(target.label), on_step=track)
         ok = env.nav_success(target)
+        outcomes[nav_outcome(env, target, episode)] += 1
         success.append(ok)
         spl.append(ok * shortest / max(travelled, shortest, 1e-6))
         collisions += env.collisions > 0
         steps.append(episode.steps)
     env.close()
     return {"success_rate": float(np.mean(success)), "spl": float(np.mean(spl)), "collisions": collisions, "mean_steps": float(np.mean(steps)),
-            "decisions_per_s": 1000.0 / max(float(np.mean(latency_ms)), 1e-6)}  # planning + governor, rendering excluded
+            "decisions_per_s": 1000.0 / max(float(np.mean(latency_ms)), 1e-6),  # planning + governor, rendering excluded
+            "outcomes": dict(sorted(outcomes.items()))}
 
 
 def evaluate(model: MobileVLM | None, episodes: int, seed: int) -> dict:
@@ -136,4 +155,8 @@ def format_table(report: dict) -> str:
             if "nav_camera_only" in r:
                 rows.append((f"{name} (camera only)", "", "", *nav_cells(r["nav_camera_only"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    for name in ("model", "oracle", "random"):
+        if "outcomes" in report.get(name, {}).get("nav", {}):
+            lines.append(f"{name} episodes ended: " + ", ".join(f"{k} {v}" for k, v in report[name]["nav"]["outcomes"].items()))
+    return "\n".join(lines)

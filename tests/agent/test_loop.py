@@ -83,3 +83,23 @@ def test_eval_scores_oracle_at_the_top_and_random_below(tiny_model):
     assert report["random"]["nav"]["success_rate"] < 1.0
     assert {"random", "popular", "adversarial"} == set(report["model"]["pope"])
     assert "oracle" in format_table(report)
+
+
+@pytest.mark.parametrize("robot_x, faced_object, expected", [
+    (-1.0, "red ball", "success"),
+    (1.0, "red cube", "wrong_same_colour"),
+    (1.0, "blue ball", "wrong_same_shape"),
+    (1.0, "green cylinder", "wrong_other"),
+    (-1.6, "red ball", "stopped_short"),
+])
+def test_nav_outcome_names_where_the_robot_stopped(env, robot_x, faced_object, expected):
+    from mobilevlm_agent.agent.loop import EpisodeState
+    from mobilevlm_agent.eval.sim_eval import nav_outcome
+    from mobilevlm_agent.sim.scene import ObjectSpec, SceneSpec
+
+    colour, shape = faced_object.split()
+    target = ObjectSpec("target", "ball", "red", 0.15, -0.5, 0.0)
+    other = ObjectSpec("other", shape if faced_object != "red ball" else "cube", colour, 0.15, 1.5, 0.0)
+    env.reset(scene=SceneSpec(objects=(target, other), robot_start=(0.0, 2.0, 0.0)))
+    env.teleport(robot_x, 0.0, 0.0)  # facing +x: the target from its left, the other object from its left too
+    assert nav_outcome(env, env.scene.objects[0], EpisodeState(instruction="go to the red ball", status="done")) == expected
