@@ -67,7 +67,8 @@ class GraphBuilder:
         if self._data is None or array.nbytes < EXTERNAL_MIN_BYTES:
             self.initializers.append(numpy_helper.from_array(array, name))
             return name
-        offset = -self._data.tell() % EXTERNAL_ALIGN + self._data.tell()  # page-aligned, so onnxruntime can map it
+        end = self._data.tell()
+        offset = end + -end % EXTERNAL_ALIGN  # page-aligned, so onnxruntime can map it
         self._data.seek(offset)
         self._data.write(memoryview(array).cast("B"))
         tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape,
