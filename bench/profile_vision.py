@@ -41,6 +41,7 @@ def main() -> None:
         path = export_vision(model, Path(tmp) / "vision.onnx", args.vision_quant)
         del model
         pixels = {"pixel_values": np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)}
+
         def fresh_session_ms() -> tuple[float, list[float]]:
             session = make_session(path, args.threads)
             session.run(None, pixels)
