@@ -69,15 +69,16 @@ def median_time(fn: Callable[[], object], repeats: int, device: torch.device) ->
 
 
 def load_bench_model(target: str, backend: str = "torch", quant: str = "none", group_size: int = 64, vision_quant: str = "none", device: str = "cpu",
-                     threads: int | None = None):
+                     threads: int | None = None, task: str = "decode"):
     """A named config (random weights, quantised piece by piece) or a checkpoint directory (its weights, quantised).
 
-    ort: an ONNX export directory runs as it is; a config name or checkpoint is exported to a temporary directory first.
+    ort: an ONNX export directory runs as it is; a config name or checkpoint is exported to a temporary directory
+    first, the vision graph alone for `encode`.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "ort":
-        return load_ort_bench_model(target, quant, group_size, vision_quant, threads)
+        return load_ort_bench_model(target, quant, group_size, vision_quant, threads, decoder=task != "encode")
     check_modes(quant, group_size, vision_quant)
     from mobilevlm_agent.model.checkpoint import load_pretrained
     from mobilevlm_agent.model.random_init import random_model
@@ -100,7 +101,7 @@ def checkpoint_dir(target: str):
         raise ConfigError(f"{target!r} is neither a checkpoint directory nor a config in models/ ({', '.join(available_configs())})") from None
 
 
-def load_ort_bench_model(target: str, quant: str, group_size: int, vision_quant: str, threads: int | None):
+def load_ort_bench_model(target: str, quant: str, group_size: int, vision_quant: str, threads: int | None, decoder: bool = True):
     import multiprocessing
     import tempfile
     from pathlib import Path
@@ -115,7 +116,7 @@ def load_ort_bench_model(target: str, quant: str, group_size: int, vision_quant:
         checkpoint_dir(target)  # a clear error before a process starts
     with tempfile.TemporaryDirectory(prefix="mobilevlm-onnx-") as tmp:
         # a child process exports, so this one's peak RSS is the onnxruntime model's own
-        child = multiprocessing.get_context("spawn").Process(target=export_for_bench, args=(target, tmp, quant, group_size, vision_quant))
+        child = multiprocessing.get_context("spawn").Process(target=export_for_bench, args=(target, tmp, quant, group_size, vision_quant, decoder))
         child.start()
         child.join()
         if child.exitcode != 0:
@@ -125,14 +126,14 @@ def load_ort_bench_model(target: str, quant: str, group_size: int, vision_quant:
         return OrtMobileVLM(tmp, threads)  # onnxruntime has read every file by now
 
 
-def export_for_bench(target: str, out: str, quant: str, group_size: int, vision_quant: str) -> None:
+def export_for_bench(target: str, out: str, quant: str, group_size: int, vision_quant: str, decoder: bool = True) -> None:
     from mobilevlm_agent.export.onnx import export_model, export_onnx
     from mobilevlm_agent.model.random_init import random_model
 
     if target in available_configs():
-        export_model(random_model(MobileVLMConfig.from_name(target)), out, quant, group_size, vision_quant)
+        export_model(random_model(MobileVLMConfig.from_name(target), vision_only=not decoder), out, quant, group_size, vision_quant, decoder)
     else:
-        export_onnx(target, out, quant, group_size, vision_quant)
+        export_onnx(target, out, quant, group_size, vision_quant, decoder)
 
 
 def random_prompt(vocab_size: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -221,7 +222,7 @@ def run_bench(task: str, target: str, backend: str = "torch", quant: str = "none
         torch.set_num_threads(threads)
     if prompt_tokens is None:
         prompt_tokens = 30 if task == "ttft" else 200
-    model = load_bench_model(target, backend, quant, group_size, vision_quant, device, threads)
+    model = load_bench_model(target, backend, quant, group_size, vision_quant, device, threads, task)
     result = BenchResult(task, model.config.name, backend, getattr(model, "quant", quant), getattr(model, "vision_quant", None) or vision_quant,
                          threads or torch.get_num_threads(), str(model.device), prompt_tokens, new_tokens if task == "decode" else 0)
     measured = {"decode": lambda: bench_decode(model, prompt_tokens, new_tokens, repeats),
@@ -230,10 +231,11 @@ def run_bench(task: str, target: str, backend: str = "torch", quant: str = "none
     result.runs = measured.pop("runs")
     for key, value in measured.items():
         setattr(result, key, value)
-    llm_bytes, embed_bytes = weight_bytes(model.llm), weight_bytes(model.llm.embed_tokens)  # either backend
-    result.llm_weight_mb = llm_bytes / 2**20
-    if result.decode_tok_s:  # the embedding table is looked up, not streamed
-        result.decode_gb_s = (llm_bytes - embed_bytes) * result.decode_tok_s / 1e9
+    if model.llm is not None:  # None: an ort vision-only export
+        llm_bytes, embed_bytes = weight_bytes(model.llm), weight_bytes(model.llm.embed_tokens)  # either backend
+        result.llm_weight_mb = llm_bytes / 2**20
+        if result.decode_tok_s:  # the embedding table is looked up, not streamed
+            result.decode_gb_s = (llm_bytes - embed_bytes) * result.decode_tok_s / 1e9
     result.peak_rss_mb = peak_rss_mb()
     return result
 

@@ -8,8 +8,8 @@ each, so a decode step is five matmuls a layer. The int4 codes come from the sam
 vision.onnx is traced from the torch modules (fixed image size; only the layers the projector reads).
 
 Files in OUT_DIR: decoder.onnx (+ decoder.onnx.data), vision.onnx, embed_tokens.safetensors (looked up, not
-multiplied; int8 rows + per-row scales in int exports), onnx_model.json (model config and export settings),
-tokenizer.model.
+multiplied; int8 rows + per-row scales in int exports), onnx_model.json (model config, export settings and the
+parts written), tokenizer.model. A vision-only export (`parts: [vision]`) holds vision.onnx and the manifest.
 """
 from __future__ import annotations
 
@@ -198,33 +198,43 @@ def export_vision(model: MobileVLM, path: Path, quant: str) -> Path:
     return path
 
 
-def export_model(model: MobileVLM, out_dir: str | Path, quant: str = "int4", group_size: int = 32, vision_quant: str = "none") -> list[Path]:
-    """Write every file the onnxruntime backend loads (see the module docstring). The model is moved to fp32 on CPU
-    in place."""
-    onnx = _onnx()
-    check_onnx_quant(quant, group_size)
-    if vision_quant not in ("none", "int8"):
-        raise ConfigError(f"ONNX vision export supports none or int8, got {vision_quant!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = model.float().cpu().eval()
+def export_decoder(model: MobileVLM, out: Path, quant: str, group_size: int) -> list[Path]:
+    """decoder.onnx (+ .data) and the embedding table it is fed from."""
+    from safetensors.numpy import save_file
+
     (out / "decoder.onnx").unlink(missing_ok=True)
     with torch.no_grad():
         decoder = decoder_graph(model, quant, group_size, out / "decoder.onnx.data")
-    onnx.save_model(decoder, out / "decoder.onnx")
+    _onnx().save_model(decoder, out / "decoder.onnx")
     del decoder
-    from safetensors.numpy import save_file
-
     table = model.llm.embed_tokens.weight.detach().float()
     if quant in ("int8", "int4"):  # int8 rows, as the torch backend's Int8Embedding
         q, scale = quantize_int8(table)
         save_file({"embed_tokens": q.numpy(), "embed_scale": scale.numpy()}, out / "embed_tokens.safetensors")
     else:
         save_file({"embed_tokens": table.numpy()}, out / "embed_tokens.safetensors")
-    paths = [out / "decoder.onnx", out / "decoder.onnx.data", out / "embed_tokens.safetensors"]
+    return [out / "decoder.onnx", out / "decoder.onnx.data", out / "embed_tokens.safetensors"]
+
+
+def export_model(model: MobileVLM, out_dir: str | Path, quant: str = "int4", group_size: int = 32, vision_quant: str = "none",
+                 decoder: bool = True) -> list[Path]:
+    """Write every file the onnxruntime backend loads (see the module docstring). The model is moved to fp32 on CPU
+    in place. `decoder=False` writes the vision graph alone (what `bench encode` needs: no 1.7B decoder export)."""
+    _onnx()  # a clear error before any work
+    check_onnx_quant(quant, group_size)
+    if vision_quant not in ("none", "int8"):
+        raise ConfigError(f"ONNX vision export supports none or int8, got {vision_quant!r}")
+    if not decoder and model.vision is None:
+        raise ConfigError(f"{model.config.name} is text-only: a vision-only export would be empty")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for part in (model,) if decoder else (model.vision, model.projector):  # a vision-only model's decoder may be on meta
+        part.float().cpu().eval()
+    paths = export_decoder(model, out, quant, group_size) if decoder else []
     if model.vision is not None:
         paths.append(export_vision(model, out / "vision.onnx", vision_quant))
     manifest = {"format": "mobilevlm_agent-onnx", "version": 1, "config": model.config.to_dict(),
+                "parts": ["decoder"] * decoder + ["vision"] * (model.vision is not None),
                 "quant": quant, "group_size": group_size, "vision_quant": vision_quant if model.vision is not None else None}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     paths.append(out / MANIFEST)
@@ -234,10 +244,11 @@ def export_model(model: MobileVLM, out_dir: str | Path, quant: str = "int4", gro
     return paths
 
 
-def export_onnx(model_dir: str, out_dir: str, quant: str = "int4", group_size: int = 32, vision_quant: str = "none") -> list[Path]:
+def export_onnx(model_dir: str, out_dir: str, quant: str = "int4", group_size: int = 32, vision_quant: str = "none",
+                decoder: bool = True) -> list[Path]:
     """`mobilevlm-agent export onnx`: a checkpoint directory (or a bundled name) -> an onnxruntime model directory."""
     from mobilevlm_agent.model.checkpoint import resolve_model_dir
 
     check_onnx_quant(quant, group_size)
     model = MobileVLM.from_pretrained(resolve_model_dir(model_dir), dtype=torch.float32, device="cpu")
-    return export_model(model, out_dir, quant, group_size, vision_quant)
+    return export_model(model, out_dir, quant, group_size, vision_quant, decoder)

@@ -356,7 +356,10 @@ def load_model(target: str | os.PathLike, backend: str = "torch", dtype: torch.d
             raise ConfigError("the ort backend runs an ONNX export as it was written: choose --quant at `export onnx` time")
         from mobilevlm_agent.model.ort import OrtMobileVLM
 
-        return OrtMobileVLM(target, threads)
+        model = OrtMobileVLM(target, threads)
+        if model.llm is None:
+            raise CheckpointError(f"{target} is a vision-only ONNX export (bench encode writes those); export the whole model with: mobilevlm-agent export onnx MODEL_DIR OUT_DIR")
+        return model
     if backend != "torch":
         raise ConfigError(f"unknown backend {backend!r}; choose torch or ort")
     return load_pretrained(target, dtype=dtype, device=device, quant=quant, group_size=group_size, vision_quant=vision_quant)

@@ -142,12 +142,14 @@ class OrtMobileVLM:
         except (ValueError, KeyError, ConfigError) as e:
             raise CheckpointError(f"{manifest_path} is not a valid export manifest: {e}") from e
         self.quant, self.vision_quant = manifest.get("quant", "none"), manifest.get("vision_quant")
-        embeddings = directory / "embed_tokens.safetensors"
-        if not embeddings.is_file():
-            raise CheckpointError(f"{directory} lacks embed_tokens.safetensors")
-        with safe_open(str(embeddings), framework="np") as f:
-            table = OrtEmbedding(f.get_tensor("embed_tokens"), f.get_tensor("embed_scale") if "embed_scale" in f.keys() else None)
-        self.llm = OrtDecoder(directory / "decoder.onnx", self.config.llm, table, threads)
+        self.llm = None  # a vision-only export (`bench encode`) encodes images and nothing else
+        if "decoder" in manifest.get("parts", ["decoder"]):
+            embeddings = directory / "embed_tokens.safetensors"
+            if not embeddings.is_file():
+                raise CheckpointError(f"{directory} lacks embed_tokens.safetensors")
+            with safe_open(str(embeddings), framework="np") as f:
+                table = OrtEmbedding(f.get_tensor("embed_tokens"), f.get_tensor("embed_scale") if "embed_scale" in f.keys() else None)
+            self.llm = OrtDecoder(directory / "decoder.onnx", self.config.llm, table, threads)
         self.vision_session = make_session(directory / "vision.onnx", threads) if self.config.vision is not None else None
         tokenizer = directory / "tokenizer.model"
         self.tokenizer = Tokenizer(tokenizer) if tokenizer.is_file() else None

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mobilevlm_agent.conversation import VICUNA_SYSTEM
+from mobilevlm_agent.errors import ConfigError
 from mobilevlm_agent.model.checkpoint import save_pretrained
 from mobilevlm_agent.model.config import MobileVLMConfig
 from mobilevlm_agent.model.llama import RMSNorm
@@ -44,13 +45,21 @@ def init_weights(model: nn.Module, std: float = 0.02) -> None:
                 param.normal_(0.0, std)
 
 
-def random_model(config: MobileVLMConfig | str, seed: int = 0, quant: str = "none", group_size: int = 64, vision_quant: str = "none") -> MobileVLM:
+def random_model(config: MobileVLMConfig | str, seed: int = 0, quant: str = "none", group_size: int = 64, vision_quant: str = "none",
+                 vision_only: bool = False) -> MobileVLM:
     """Random weights for any config. With `quant`, each piece is quantised as soon as it exists, so peak memory stays
-    near the quantised size (a 1.7B model at int4 never holds its fp32 weights at once)."""
+    near the quantised size (a 1.7B model at int4 never holds its fp32 weights at once). `vision_only` leaves the
+    decoder on the meta device (no memory): enough to encode images, not to generate."""
     config = MobileVLMConfig.from_name(config) if isinstance(config, str) else config
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = MobileVLM(config)
+    if vision_only:
+        if model.vision is None:
+            raise ConfigError(f"{config.name} is text-only: it has no vision tower")
+        for part in (model.vision, model.projector):
+            init_weights(part.to_empty(device="cpu"))
+        return model.eval()
     quantize_model(model, quant, group_size, vision_quant, materialise=lambda piece: init_weights(piece.to_empty(device="cpu")))
     return model.eval()
 

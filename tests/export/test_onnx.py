@@ -192,3 +192,22 @@ def test_bench_json_contract_on_ort(capsys, exports):
     assert result["backend"] == "ort" and result["quant"] == "int4" and result["threads"] == 1
     assert result["prefill_tok_s"] > 0 and result["decode_tok_s"] > 0 and result["peak_rss_mb"] > 0
     assert result["encode_ms"] is None and result["ttft_ms"] is None
+
+
+def test_vision_only_export_encodes_and_is_refused_for_generation(torch_model, tmp_path, capsys):
+    from mobilevlm_agent.cli import main
+    from mobilevlm_agent.model.checkpoint import load_model
+
+    out = tmp_path / "vision-only"
+    export_model(torch_model, out, "int4", group_size=32, decoder=False)
+    assert sorted(p.name for p in out.iterdir()) == ["onnx_model.json", "vision.onnx"]
+    size = torch_model.config.vision.image_size
+    pixels = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.inference_mode():
+        expected = torch_model.encode_images(pixels)
+    assert cosine(OrtMobileVLM(out).encode_images(pixels), expected) > 0.99999
+    with pytest.raises(CheckpointError, match="vision-only"):
+        load_model(out, backend="ort")
+    assert main(["bench", "encode", "--config", str(out), "--backend", "ort", "--threads", "1", "--repeats", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["encode_ms"] > 0 and result["decode_tok_s"] is None and result["llm_weight_mb"] == 0
