@@ -16,6 +16,7 @@ from mobilevlm_agent.errors import CheckpointError, ConfigError
 from mobilevlm_agent.export.onnx import MANIFEST
 from mobilevlm_agent.model.config import MobileVLMConfig
 from mobilevlm_agent.model.llama import CachedPrefix, grown_capacity
+from mobilevlm_agent.model.memory import limit_heap_retention
 from mobilevlm_agent.model.vlm import MobileVLM
 from mobilevlm_agent.tokenizer import Tokenizer
 
@@ -133,6 +134,7 @@ class OrtMobileVLM:
         from safetensors import safe_open
 
         directory = Path(directory)
+        limit_heap_retention()  # onnxruntime's load and prefill temporaries would otherwise stay in glibc's heap
         manifest_path = directory / MANIFEST
         if not manifest_path.is_file():
             raise CheckpointError(f"{directory} is not an ONNX export (no {MANIFEST}); write one with: mobilevlm-agent export onnx MODEL_DIR {directory}")
