@@ -114,6 +114,8 @@ def load_ort_bench_model(target: str, quant: str, group_size: int, vision_quant:
     check_onnx_quant(quant, group_size)
     if target not in available_configs():
         checkpoint_dir(target)  # a clear error before a process starts
+    elif not decoder and MobileVLMConfig.from_name(target).vision is None:
+        raise ConfigError(f"{target} has no vision tower to benchmark")
     with tempfile.TemporaryDirectory(prefix="mobilevlm-onnx-") as tmp:
         # a child process exports, so this one's peak RSS is the onnxruntime model's own
         child = multiprocessing.get_context("spawn").Process(target=export_for_bench, args=(target, tmp, quant, group_size, vision_quant, decoder))
