@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from mobilevlm_agent.conversation import VICUNA_SYSTEM
-from mobilevlm_agent.errors import ConfigError
 from mobilevlm_agent.model.checkpoint import save_pretrained
 from mobilevlm_agent.model.config import MobileVLMConfig
 from mobilevlm_agent.model.llama import RMSNorm
@@ -54,11 +53,10 @@ def random_model(config: MobileVLMConfig | str, seed: int = 0, quant: str = "non
     torch.manual_seed(seed)
     with torch.device("meta"):
         model = MobileVLM(config)
-    if vision_only:
-        if model.vision is None:
-            raise ConfigError(f"{config.name} is text-only: it has no vision tower")
+    if vision_only:  # export_model and bench reject a text-only config with a clear message
         for part in (model.vision, model.projector):
-            init_weights(part.to_empty(device="cpu"))
+            if part is not None:
+                init_weights(part.to_empty(device="cpu"))
         return model.eval()
     quantize_model(model, quant, group_size, vision_quant, materialise=lambda piece: init_weights(piece.to_empty(device="cpu")))
     return model.eval()
