@@ -8,7 +8,7 @@ from xml.sax.saxutils import escape
 import yaml
 
 from mobilevlm_agent.sim.scene import COLOURS, ObjectSpec, SceneSpec
-from mobilevlm_agent.sim.world import CAMERA_HEIGHT, ROBOT_RADIUS, SimConfig
+from mobilevlm_agent.sim.world import ROBOT_RADIUS, SimConfig
 
 
 def _material(rgb) -> str:
@@ -44,7 +44,7 @@ def robot_model(scene: SceneSpec, cfg: SimConfig) -> str:
   <link name="base_link"><pose>0 0 0.1 0 0 0</pose><inertial><mass>10</mass></inertial>
     <collision name="c"><geometry><cylinder><radius>{ROBOT_RADIUS}</radius><length>0.16</length></cylinder></geometry></collision>
     <visual name="v"><geometry><cylinder><radius>{ROBOT_RADIUS}</radius><length>0.16</length></cylinder></geometry></visual>
-    <sensor name="front_camera" type="camera"><pose>{ROBOT_RADIUS - 0.02} 0 {CAMERA_HEIGHT - 0.1} 0 0.17 0</pose><always_on>1</always_on><update_rate>15</update_rate><topic>camera/image_raw</topic>
+    <sensor name="front_camera" type="camera"><pose>{ROBOT_RADIUS - 0.02} 0 {cfg.camera_height - 0.1:.3f} 0 {cfg.camera_pitch:.4f} 0</pose><always_on>1</always_on><update_rate>15</update_rate><topic>camera/image_raw</topic>
       <camera><horizontal_fov>{hfov:.4f}</horizontal_fov><image><width>{cfg.width}</width><height>{cfg.height}</height><format>R8G8B8</format></image><clip><near>0.05</near><far>{cfg.camera_far}</far></clip></camera>
     </sensor>
   </link>

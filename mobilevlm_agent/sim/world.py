@@ -17,7 +17,6 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402
 
 ROBOT_RADIUS = 0.18
-CAMERA_HEIGHT = 0.35
 PHYSICS_DT = 0.005
 
 
@@ -26,6 +25,8 @@ class SimConfig:
     width: int = 320
     height: int = 240
     fovy: float = 60.0  # vertical field of view, degrees
+    camera_height: float = 0.35  # metres above the floor
+    camera_pitch: float = 0.17  # radians, looking down
     max_linear: float = 0.6  # m/s
     max_angular: float = 1.5  # rad/s
     max_linear_accel: float = 1.5  # m/s^2
@@ -65,7 +66,7 @@ def scene_xml(scene: SceneSpec, cfg: SimConfig) -> str:
       <joint name="yaw" type="hinge" axis="0 0 1" damping="0"/>
       <geom name="robot" type="cylinder" size="{ROBOT_RADIUS} 0.08" rgba="0.2 0.2 0.25 1" mass="10"/>
       <geom name="robot_nose" type="box" pos="{ROBOT_RADIUS - 0.03} 0 0.09" size="0.03 0.05 0.02" rgba="0.9 0.9 0.9 1" contype="0" conaffinity="0" mass="0.1"/>
-      <camera name="front" pos="{ROBOT_RADIUS - 0.02} 0 {CAMERA_HEIGHT - 0.1}" xyaxes="0 -1 0 0.17 0 0.985" fovy="{cfg.fovy}"/>
+      <camera name="front" pos="{ROBOT_RADIUS - 0.02} 0 {cfg.camera_height - 0.1:.3f}" xyaxes="0 -1 0 {math.sin(cfg.camera_pitch):.4f} 0 {math.cos(cfg.camera_pitch):.4f}" fovy="{cfg.fovy}"/>
     </body>
   </worldbody>
   <actuator>
