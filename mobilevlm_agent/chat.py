@@ -78,6 +78,28 @@ class ChatSession:
         self._image_id = next(_IMAGE_IDS)  # unique across sessions: cached visual tokens are never mistaken
         self.reset()
 
+    def prefill_image(self) -> float:
+        """Run the first turn's prompt up to the end of the visual tokens through the KV cache now, before any
+        question: the next question on this image then prefills only its own text. Returns ms spent (0 when the
+        cache already holds it). A robot calls this when a frame arrives, so a query's latency excludes the image."""
+        if self.image_features is None:
+            raise InputError("prefill_image needs an image; call set_image or set_image_features first")
+        t0 = time.perf_counter()
+        conversation = Conversation(self.template)
+        conversation.add_user("", with_image=True)
+        ids = self.tokenizer.encode_with_image(conversation.prompt())
+        ids = ids[: ids.index(IMAGE_TOKEN_INDEX) + 1]  # text after the image merges with the question's first piece
+        keys = self.position_keys(ids)
+        start = self.model.llm.reusable_prefix(keys + [None])  # + a sentinel: every position of `keys` may be reused
+        if start == len(keys):
+            return 0.0
+        with torch.inference_mode():
+            embeds = self.model.embed(ids, self.image_features)[:, start:]
+            self.model.llm.setup_cache(1, len(keys))
+            self.model.llm.prefill(embeds, start)
+        self.model.llm.cache_keys = keys
+        return (time.perf_counter() - t0) * 1000
+
     def ask(self, question: str, image=None, params: SamplingParams = SamplingParams(), on_text: Callable[[str], None] | None = None) -> Answer:
         """Answer a question; `on_text` receives the answer as it streams."""
         for delta in self.stream(question, image, params):

@@ -32,6 +32,7 @@ PARAMS = (
     Param("max_pending_queries", 4, "queries waiting beyond this are rejected and counted"),
     Param("max_token_age_s", 2.0, "visual tokens older than this (by header stamp) are too stale to plan on"),
     Param("diagnostics_period_s", 1.0, "seconds between /diagnostics messages"),
+    Param("prefill_image", True, "while idle, run each new frame's visual tokens through the KV cache so a query prefills only its text (one image prefill per new frame)"),
 )
 
 
@@ -42,9 +43,11 @@ class PlannerNode(ModelNode):
         self.queries: deque[tuple[int, str]] = deque()
         self.plan_request: dict | None = None  # only the newest request matters
         self.tokens: tuple[float, torch.Tensor] | None = None  # (stamp seconds, visual tokens)
+        self.session_frame: tuple[float, torch.Tensor] | None = None  # the frame whose tokens the session holds
         self.stopping = False
         self.query_id = 0
-        self.stats = {"queries": 0, "answers": 0, "plans": 0, "plans_superseded": 0, "ttft_ms": 0.0, "plan_ms": 0.0}
+        self.stats = {"queries": 0, "answers": 0, "plans": 0, "plans_superseded": 0, "ttft_ms": 0.0, "plan_ms": 0.0,
+                      "image_prefills": 0, "image_prefill_ms": 0.0}
         self.worker = threading.Thread(target=self.work_loop, name="planner", daemon=True)
 
     def create_entities(self) -> None:
@@ -71,6 +74,9 @@ class PlannerNode(ModelNode):
             self.counters.reject("bad_visual_tokens", e)
             return
         self.tokens = (stamp_seconds(msg.header.stamp), torch.from_numpy(tokens)[None])
+        if self.p.prefill_image:
+            with self.jobs:
+                self.jobs.notify()
 
     def on_query(self, raw: bytes) -> None:
         if not self.active:
@@ -113,16 +119,42 @@ class PlannerNode(ModelNode):
     def work_loop(self) -> None:
         while True:
             with self.jobs:
-                while not (self.queries or self.plan_request or self.stopping):
+                while not (self.queries or self.plan_request or self.stopping or self.frame_to_prefill()):
                     self.jobs.wait(0.5)
                 if self.stopping:
                     return
                 request, self.plan_request = self.plan_request, None
-                query = self.queries.popleft() if request is None else None  # planning first: the robot is waiting
+                query = self.queries.popleft() if request is None and self.queries else None  # planning first: the robot is waiting
             try:
-                self.plan(request) if request is not None else self.answer(*query)
+                if request is not None:
+                    self.plan(request)
+                elif query is not None:
+                    self.answer(*query)
+                else:
+                    self.prefill_frame()
             except Exception as e:  # whatever one job raises, the worker lives on to serve the next
                 self.counters.reject("model_error", e)
+
+    def frame_to_prefill(self) -> tuple[float, torch.Tensor] | None:
+        latest = self.tokens
+        if self.p.prefill_image and self.active and latest is not None and latest is not self.session_frame:
+            return latest
+        return None
+
+    def prefill_frame(self) -> None:
+        latest = self.frame_to_prefill()
+        if latest is not None:
+            self.use_frame(latest)
+            self.stats["image_prefill_ms"] = self.session.prefill_image()
+            self.stats["image_prefills"] += 1
+
+    def use_frame(self, latest: tuple[float, torch.Tensor] | None) -> None:
+        """Give the session this frame's visual tokens; the same frame again keeps its cached positions."""
+        if latest is None:
+            self.session.image_features = None
+        elif latest is not self.session_frame:
+            self.session.set_image_features(latest[1])
+        self.session_frame = latest
 
     def fresh_tokens(self) -> tuple[float, torch.Tensor] | None:
         """(stamp, visual tokens) of the newest frame, unless older than max_token_age_s."""
@@ -136,9 +168,9 @@ class PlannerNode(ModelNode):
         if latest is None:
             self.counters.reject("no_fresh_visual_tokens", "plan request skipped: no visual tokens within max_token_age_s")
             return
-        image_stamp, tokens = latest
+        image_stamp = latest[0]
         t0 = time.perf_counter()
-        self.session.set_image_features(tokens)
+        self.use_frame(latest)
         action, scores = choose_action(self.session, request["instruction"])
         ms = (time.perf_counter() - t0) * 1000
         self.stats["plans"] += 1
@@ -149,11 +181,9 @@ class PlannerNode(ModelNode):
 
     def answer(self, query_id: int, text: str) -> None:
         latest = self.fresh_tokens()
-        if latest is None:
-            self.session.image_features = None  # answer from text alone, and say so
+        if latest is None:  # answer from text alone, and say so
             self.counters.add("answered_without_image")
-        else:
-            self.session.set_image_features(latest[1])
+        self.use_frame(latest)
         self.session.reset()
         params = SamplingParams(max_new_tokens=self.p.max_new_tokens, temperature=self.p.temperature)
         seq = 0
@@ -170,7 +200,8 @@ class PlannerNode(ModelNode):
         self.stats["answers"] += 1
         self.stats["ttft_ms"] = answer.timings["ttft_ms"]
         self.stream_pub.publish(json_message({"id": query_id, "seq": seq + 1, "delta": "", "done": True, "finish_reason": answer.finish_reason,
-                                              "text": answer.text, "ttft_ms": round(answer.timings["ttft_ms"], 2)}))
+                                              "text": answer.text, "ttft_ms": round(answer.timings["ttft_ms"], 2),
+                                              "prefill_tokens": int(answer.timings["prefill_tokens"])}))
         self.answer_pub.publish(String(data=answer.text))
 
     def publish_diagnostics(self) -> None:

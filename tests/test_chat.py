@@ -62,6 +62,27 @@ def test_a_new_session_reuses_the_cached_system_prompt(tiny_model, scene_image):
     assert warm.token_ids == cold.token_ids
 
 
+def test_a_prefilled_image_leaves_only_the_question_to_prefill(tiny_model, scene_image):
+    question = "What colour is the ball?"
+    tiny_model.llm.clear_cache()
+    cold = ChatSession(tiny_model).ask(question, image=scene_image, params=GREEDY)
+    tiny_model.llm.clear_cache()
+    chat = ChatSession(tiny_model)
+    chat.set_image(scene_image)
+    assert chat.prefill_image() > 0
+    assert chat.prefill_image() == 0.0  # already in the cache
+    warm = chat.ask(question, params=GREEDY)
+    question_tokens = len(tiny_model.tokenizer.encode("\n" + question + " ASSISTANT:", bos=False))
+    assert cold.timings["prefill_tokens"] >= tiny_model.config.num_visual_tokens + question_tokens
+    assert warm.timings["prefill_tokens"] <= question_tokens + 1
+    assert warm.token_ids == cold.token_ids
+
+
+def test_prefill_image_without_an_image_is_a_clear_error(tiny_model):
+    with pytest.raises(InputError, match="needs an image"):
+        ChatSession(tiny_model).prefill_image()
+
+
 def test_streamed_text_equals_the_answer(tiny_model, scene_image):
     pieces = []
     answer = ChatSession(tiny_model).ask("Describe the scene.", image=scene_image, params=SamplingParams(max_new_tokens=16, temperature=0.9, seed=1), on_text=pieces.append)

@@ -117,6 +117,15 @@ class Probe:
     def publisher(self, msg_type, topic: str, qos):
         return self.node.create_publisher(msg_type, topic, qos)
 
+    @staticmethod
+    def diagnostic_values(diags: list, node: str) -> dict[str, str]:
+        """The key/values of `node`'s newest status among collected /diagnostics messages ({} if none yet)."""
+        for _, d in reversed(diags):
+            for s in d.status:
+                if s.name == f"/{node}":
+                    return {kv.key: kv.value for kv in s.values}
+        return {}
+
     def spin_until(self, predicate, timeout: float, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

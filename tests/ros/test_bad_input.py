@@ -12,14 +12,6 @@ from ros_nodes.messages import rgb_to_image
 from ros_nodes.node_tools import LATEST_QOS, RELIABLE_QOS, SENSOR_QOS, STREAM_QOS
 
 
-def counters(diags, node: str) -> dict:
-    for _, d in reversed(diags):
-        for s in d.status:
-            if s.name == f"/{node}":
-                return {kv.key: kv.value for kv in s.values}
-    return {}
-
-
 def test_encoder_survives_malformed_images(spawn, probe, vlm_dir):
     encoder = spawn("encoder_node", {"model": str(vlm_dir), "diagnostics_period_s": 0.2})
     tokens = probe.collect(Image, "agent/visual_tokens", LATEST_QOS)
@@ -38,7 +30,7 @@ def test_encoder_survives_malformed_images(spawn, probe, vlm_dir):
         probe.spin_for(0.15)
     camera.publish(good)
     probe.spin_until(lambda: tokens and tokens[-1][1].header.frame_id == "cam", 20, "tokens for the good frame after the bad ones")
-    probe.spin_until(lambda: int(counters(diags, "encoder_node").get("bad_image", 0)) == len(bad), 10, "bad_image counted 4 times")
+    probe.spin_until(lambda: int(probe.diagnostic_values(diags, "encoder_node").get("bad_image", 0)) == len(bad), 10, "bad_image counted 4 times")
     assert encoder.alive()
     log = encoder.output()
     assert "bad_image #1: unsupported image encoding 'yuv422_weird'" in log  # later ones are counted; the log is throttled to 1/s
@@ -59,8 +51,8 @@ def test_planner_survives_oversized_and_invalid_queries(spawn, probe, vlm_dir):
     request.publish(String(data=json.dumps({"instruction": ["rm -rf"]})))
     query.publish(String(data="What do you see?"))
     probe.spin_until(lambda: any(json.loads(m.data)["done"] for _, m in chunks), 60, "an answer to the good query")
-    probe.spin_until(lambda: int(counters(diags, "planner_node").get("bad_query", 0)) >= 2, 10, "both bad queries counted")
-    c = counters(diags, "planner_node")
+    probe.spin_until(lambda: int(probe.diagnostic_values(diags, "planner_node").get("bad_query", 0)) >= 2, 10, "both bad queries counted")
+    c = probe.diagnostic_values(diags, "planner_node")
     assert int(c["bad_query"]) == 2 and int(c["bad_plan_request"]) == 2 and int(c["answers"]) == 1
     assert planner.alive()
     log = planner.output()

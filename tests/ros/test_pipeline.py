@@ -5,6 +5,7 @@ import json
 
 import cv2
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import String
 from sensor_msgs.msg import Image
 
@@ -27,7 +28,9 @@ def test_video_to_streamed_answer(spawn, probe, vlm_dir, tmp_path):
     write_video(video)
     spawn("camera_node", {"source": str(video), "rate_hz": 10.0, "width": 160, "height": 120})
     # encoder + planner, one shared model, quantised while loading
-    planner = spawn("vlm_composition", {"model": str(vlm_dir), "max_new_tokens": 12, "quant": "int4", "group_size": 32, "vision_quant": "int8"})
+    planner = spawn("vlm_composition", {"model": str(vlm_dir), "max_new_tokens": 12, "quant": "int4", "group_size": 32, "vision_quant": "int8",
+                                        "diagnostics_period_s": 0.2})
+    diags = probe.collect(DiagnosticArray, "/diagnostics", RELIABLE_QOS)
     tokens = probe.collect(Image, "agent/visual_tokens", LATEST_QOS)
     chunks = probe.collect(String, "agent/answer_stream", STREAM_QOS)
     answers = probe.collect(String, "agent/answer", RELIABLE_QOS)
@@ -39,6 +42,8 @@ def test_video_to_streamed_answer(spawn, probe, vlm_dir, tmp_path):
     assert t.shape[0] == 16 and np.isfinite(t).all() and header_frame == "camera_optical_frame"  # tiny-vlm-v2: 16 tokens
 
     probe.spin_until(lambda: query.get_subscription_count() > 0, 30, "the planner's query subscription")
+    # while idle, the planner runs each new frame's visual tokens through the KV cache (prefill_image)
+    probe.spin_until(lambda: int(probe.diagnostic_values(diags, "planner_node").get("image_prefills", 0)) >= 2, 30, "image prefills while idle")
     probe.spin_until(lambda: probe.matched("agent/answer_stream", "agent/answer"), 30, "the planner's answer publishers")
     sent = __import__("time").monotonic()
     query.publish(String(data="What is in the image?"))
@@ -55,6 +60,8 @@ def test_video_to_streamed_answer(spawn, probe, vlm_dir, tmp_path):
     assert streamed == end["text"] == answers[0][1].data
     first_token = next(ts for ts, m in chunks if json.loads(m.data)["seq"] == 1) if len(parsed) > 2 else chunks[-1][0]
     print(f"query -> first streamed token: {(first_token - sent) * 1000:.0f} ms (node-side TTFT {end['ttft_ms']:.0f} ms)")
+    # the frame the query was answered on was already in the cache, unless a newer one had just arrived
+    print(f"answer prefilled {end['prefill_tokens']} positions (16 visual tokens + the question when cold)")
     assert planner.alive()
     assert planner.output().count("loaded ") == 1 and "[planner_node]: sharing" in planner.output()  # one model for both nodes
     assert "weights decoder int4, vision int8" in planner.output()
