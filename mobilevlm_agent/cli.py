@@ -264,8 +264,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Measure speed: decode (prefill + decode tok/s), encode (ViT + projector ms) or ttft (image + question).
 
     --config takes any config name in models/ (random weights, no download) or a checkpoint directory. --json prints
-    one object with prefill_tok_s, decode_tok_s, encode_ms, ttft_ms, peak_rss_mb (null where not measured), the
-    settings, and the raw run times.
+    one object with prefill_tok_s, decode_tok_s, encode_ms, ttft_ms, ttft_warm_ms (the image already prefilled),
+    peak_rss_mb (null where not measured), the settings, and the raw run times.
     """
     from mobilevlm_agent.bench import run_bench
 
