@@ -130,12 +130,14 @@ def test_chat_answers_match_across_backends(demo_pair):
     for name, model in zip(("torch", "ort"), demo_pair):
         chat = ChatSession(model)
         chat.set_image(frame)
+        chat.prefill_image()  # the system prompt and the image, before the question
         params = SamplingParams(max_new_tokens=24)
         first = chat.ask("Describe the scene.", params=params)
         second = chat.ask("What colour is the ball?", params=params)  # reuses the cached first turn
-        answers[name] = (first.token_ids, second.token_ids, second.timings["prefill_tokens"])
+        answers[name] = (first.token_ids, second.token_ids, first.timings["prefill_tokens"], second.timings["prefill_tokens"])
     assert answers["torch"] == answers["ort"]
-    assert answers["ort"][2] < 40  # only the new turn was prefilled, not the image and the first turn again
+    assert answers["ort"][2] < 20  # the question alone: the image was prefilled already
+    assert answers["ort"][3] < 40  # only the new turn was prefilled, not the image and the first turn again
 
 
 def test_planner_scores_match_across_backends(demo_pair):
