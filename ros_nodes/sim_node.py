@@ -29,6 +29,8 @@ PARAMS = (
     Param("scene_file", "", "a scene YAML (SceneSpec) instead of a generated scene"),
     Param("width", 320, "camera width, pixels"),
     Param("height", 240, "camera height, pixels"),
+    Param("camera_height", SimConfig.camera_height, "camera above the floor, metres (the demo model was trained at the default)"),
+    Param("camera_pitch", SimConfig.camera_pitch, "camera tilt down, radians (the demo model was trained at the default)"),
     Param("camera_rate_hz", 10.0, "camera frames per simulated second"),
     Param("physics_rate_hz", 20.0, "control ticks per second: each advances the simulation by 1/physics_rate_hz"),
     Param("real_time_factor", 1.0, "simulated seconds per wall second (lower it on a slow machine)"),
@@ -46,7 +48,7 @@ class SimNode(Node):
         self.p = declare_parameters(self, PARAMS)
         if self.get_parameter("use_sim_time").value:
             raise InputError("sim_node publishes /clock: run it with use_sim_time:=false")
-        self.env = SimEnv(SimConfig(width=self.p.width, height=self.p.height))
+        self.env = SimEnv(SimConfig(width=self.p.width, height=self.p.height, camera_height=self.p.camera_height, camera_pitch=self.p.camera_pitch))
         scene = SceneSpec.load(self.p.scene_file) if self.p.scene_file else None
         self.env.reset(seed=self.p.scene_seed, scene=scene)
         self.counters = InputCounters(self)

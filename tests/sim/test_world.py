@@ -14,7 +14,7 @@ from mobilevlm_agent.errors import ConfigError
 from mobilevlm_agent.sim.gazebo import export_gazebo
 from mobilevlm_agent.sim.oracle import SEARCH, oracle_action
 from mobilevlm_agent.sim.scene import Difficulty, ObjectSpec, SceneSpec, generate_scene
-from mobilevlm_agent.sim.world import ROBOT_RADIUS, SimEnv
+from mobilevlm_agent.sim.world import ROBOT_RADIUS, SimConfig, SimEnv
 
 
 @pytest.fixture
@@ -86,6 +86,21 @@ def test_visibility_frustum_and_occlusion(env):
     assert "ahead" in names and "behind" not in names and "hidden" not in names and "wall" in names
     env.reset(scene=SceneSpec(room=(7.0, 7.0), objects=(ahead, behind, hidden)))
     assert "hidden" in {o.name for o in env.visible_objects()}  # without the box it is seen
+
+
+def test_camera_mount_is_configurable_and_exported_to_gazebo(tmp_path):
+    scene = SceneSpec(room=(7.0, 7.0), objects=(ObjectSpec("ahead", "cube", "red", 0.15, 2.0, 0.0),))
+    rows = []
+    for height, pitch in [(0.35, 0.17), (0.35, 0.45), (0.7, 0.45)]:
+        env = SimEnv(SimConfig(camera_height=height, camera_pitch=pitch))
+        env.reset(scene=scene)
+        rows.append(np.nonzero(env.object_mask() == 0)[0].mean())  # the cube's mean image row
+        env.close()
+    assert rows[1] < rows[0] - 20  # tilting down moves an object on the floor up the image
+    assert rows[2] > rows[1] + 10  # raising the camera moves it back down
+    world, _ = export_gazebo(scene, tmp_path, SimConfig(camera_height=0.7, camera_pitch=0.45))
+    pose = [float(v) for v in ET.parse(world).getroot().find(".//sensor[@name='front_camera']/pose").text.split()]
+    assert pose[2] == pytest.approx(0.7 - 0.1) and pose[4] == pytest.approx(0.45)  # the base link sits at 0.1 m
 
 
 @pytest.mark.parametrize("camera_only", [False, True])
