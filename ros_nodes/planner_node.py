@@ -34,6 +34,9 @@ PARAMS = (
     Param("diagnostics_period_s", 1.0, "seconds between /diagnostics messages"),
     Param("prefill_image", True, "while idle, run each new frame's visual tokens through the KV cache so a query prefills only its text (one image prefill per new frame)"),
 )
+# While plan requests keep coming (a goal is running) they bring their own frames at the control rate, and an idle
+# prefill would only delay the next one; prefill_image waits this long after the last plan request.
+PLANNING_QUIET_S = 1.0
 
 
 class PlannerNode(ModelNode):
@@ -42,6 +45,7 @@ class PlannerNode(ModelNode):
         self.jobs = threading.Condition()
         self.queries: deque[tuple[int, str]] = deque()
         self.plan_request: dict | None = None  # only the newest request matters
+        self.last_plan_request = -1e9  # time.monotonic() of the last one
         self.tokens: tuple[float, torch.Tensor] | None = None  # (stamp seconds, visual tokens)
         self.session_frame: tuple[float, torch.Tensor] | None = None  # the frame whose tokens the session holds
         self.stopping = False
@@ -113,6 +117,7 @@ class PlannerNode(ModelNode):
             if self.plan_request is not None:
                 self.stats["plans_superseded"] += 1
             self.plan_request = request
+            self.last_plan_request = time.monotonic()
             self.jobs.notify()
 
     # --- the worker: the model runs here, one job at a time ---
@@ -137,7 +142,8 @@ class PlannerNode(ModelNode):
 
     def frame_to_prefill(self) -> tuple[float, torch.Tensor] | None:
         latest = self.tokens
-        if self.p.prefill_image and self.active and latest is not None and latest is not self.session_frame:
+        planning = time.monotonic() - self.last_plan_request < PLANNING_QUIET_S
+        if self.p.prefill_image and self.active and not planning and latest is not None and latest is not self.session_frame:
             return latest
         return None
 
