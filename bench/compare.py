@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+HELD_OUT_SAMPLES = 200  # quality: held-out LLaVA samples scored per decoder mode
 ANCHORS = {  # the issue's measurements on a 2-core machine, MobileLLaMA-1.4B dims: decode, prefill tok/s
     "llama.cpp Q4_0": (45.5, 204), "llama.cpp Q8_0": (26.1, 117), "onnxruntime-genai int4": (37.9, 182),
     "transformers bf16": (9.6, 201), "transformers fp32": (4.3, 52),
@@ -135,12 +136,14 @@ def quality(group: int, vlm_config: str) -> dict:
     from mobilevlm_agent.model.random_init import random_model
     from mobilevlm_agent.model.vlm import MobileVLM
     from mobilevlm_agent.sim.dataset import DatasetConfig, write_dataset
+    from mobilevlm_agent.train.datasets import read_records
 
-    with tempfile.TemporaryDirectory() as tmp:  # held-out text: dataset seed 9's rooms, which no demo recipe trains on
-        write_dataset(tmp, DatasetConfig(scenes=3, seed=9, views_per_scene=2, nav_episodes_per_scene=1))
-        texts = (Path(tmp) / "corpus.txt").read_text().splitlines()
     demo = str(resolve_model_dir("demo"))
-    llm = llm_quality(demo, texts, ["bf16", "int8", "int4"], group)
+    with tempfile.TemporaryDirectory() as tmp:  # held-out answers: dataset seed 9's rooms, which no demo recipe trains on
+        write_dataset(tmp, DatasetConfig(scenes=6, seed=9, views_per_scene=4, nav_episodes_per_scene=1))
+        samples = Path(tmp) / "llava.json"
+        llm = llm_quality(demo, str(samples), ["bf16", "int8", "int4"], group, limit=HELD_OUT_SAMPLES)
+        scored = min(HELD_OUT_SAMPLES, len(read_records(samples)))
     model = MobileVLM.from_pretrained(demo, dtype=torch.float32)
     size = model.config.vision.image_size
     pixels = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -148,7 +151,7 @@ def quality(group: int, vlm_config: str) -> dict:
     big = random_model(MobileVLMConfig.from_name(vlm_config))
     pixels = torch.rand(1, 3, big.config.vision.image_size, big.config.vision.image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     vision[f"{vlm_config} (random weights)"] = vision_quality(big, pixels, ["bf16", "int8"])
-    return {"llm": llm, "vision": vision, "held_out_lines": len(texts)}
+    return {"llm": llm, "vision": vision, "held_out_samples": scored}
 
 
 WORKERS = {"transformers-llm": transformers_llm, "transformers-vit": transformers_vit, "llamacpp": llamacpp}
@@ -200,7 +203,7 @@ def report(results: dict, out: Path) -> str:
                      + (f" {row['error']}" if row.get("error") else ""))
     q = results.get("quality")
     if q:
-        lines += ["", f"## Quality vs fp32 (bundled demo model, {q['held_out_lines']} held-out simulator lines)", "",
+        lines += ["", f"## Quality vs fp32 (bundled demo model, answers of {q['held_out_samples']} held-out simulator samples given image and question)", "",
                   "| decoder weights | logits cosine | perplexity | Δ perplexity |", "|---|---|---|---|"]
         for mode, m in q["llm"].items():
             lines.append(f"| {mode} | {m['logits_cosine']:.5f} | {m['ppl']:.3f} | {m['ppl_delta']:+.3f} |")

@@ -16,6 +16,7 @@ import torch
 from mobilevlm_agent.errors import CheckpointError, ConfigError
 from mobilevlm_agent.model.config import MobileVLMConfig, available_configs
 from mobilevlm_agent.model.quant import check_modes, quantize_model, quantize_part, vision_parts, weight_bytes
+from mobilevlm_agent.tokenizer import IGNORE_INDEX
 
 BACKENDS = ("torch", "ort")
 
@@ -265,30 +266,46 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.inference_mode()
-def llm_quality(model_dir: str, texts: list[str], modes: list[str], group_size: int = 64) -> dict[str, dict[str, float]]:
-    """Per mode: logits cosine vs fp32 and perplexity on `texts` (held-out text the model was not trained on)."""
+def llm_quality(model_dir: str, samples_path: str, modes: list[str], group_size: int = 64, limit: int = 200) -> dict[str, dict[str, float]]:
+    """Per decoder mode, against fp32 on held-out LLaVA-format samples (`limit` of them): the cosine of the answer
+    positions' logits, and the perplexity of the answers given image and question (teacher-forced), i.e. the model
+    on its own task. The vision tower stays fp32 in every mode."""
     from mobilevlm_agent.model.checkpoint import load_pretrained
+    from mobilevlm_agent.train.datasets import ConversationDataset
 
     def load(mode: str = "none"):
         return load_pretrained(model_dir, dtype=torch.float32, device="cpu", quant=mode, group_size=group_size)
 
+    def answer_logits(model) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(logits predicting each answer token, those tokens) per sample."""
+        out = []
+        for i in range(min(limit, len(data))):
+            sample = data[i]
+            pixels = sample["pixels"][None] if sample["pixels"] is not None else None
+            embeds, labels = model.training_batch([sample["ids"]], [sample["labels"]], pixels)
+            logits, targets = model.llm(inputs_embeds=embeds)[0, :-1].float(), labels[0, 1:]
+            keep = targets != IGNORE_INDEX
+            out.append((logits[keep], targets[keep]))
+        return out
+
+    def perplexity(scored: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        nll = sum(torch.nn.functional.cross_entropy(lg, t, reduction="sum") for lg, t in scored)
+        return float(torch.exp(nll / sum(t.numel() for _, t in scored)))
+
     reference = load()
-    ids = [torch.tensor([reference.tokenizer.encode(t)]) for t in texts if t.strip()]
-    ref_logits = [reference.llm(x)[0].float() for x in ids]
-
-    def perplexity(logits: list[torch.Tensor]) -> float:
-        nll = [torch.nn.functional.cross_entropy(lg[:-1], x[0, 1:], reduction="sum") for lg, x in zip(logits, ids)]
-        return float(torch.exp(sum(nll) / sum(x.shape[1] - 1 for x in ids)))
-
-    base_ppl = perplexity(ref_logits)
+    cfg = reference.config
+    data = ConversationDataset(samples_path, reference.tokenizer, cfg.conv_template, cfg.llm.max_position_embeddings,
+                               cfg.vision.image_size if cfg.vision else 0, cfg.num_visual_tokens, pad_to_square=cfg.image_aspect_ratio == "pad")
+    ref = answer_logits(reference)
+    base_ppl = perplexity(ref)
     results = {"none": {"logits_cosine": 1.0, "ppl": base_ppl, "ppl_delta": 0.0}}
     for mode in modes:
         if mode == "none":
             continue
-        model = load(mode)
-        logits = [model.llm(x)[0].float() for x in ids]
-        ppl = perplexity(logits)
-        results[mode] = {"logits_cosine": statistics.mean(_cosine(a, b) for a, b in zip(logits, ref_logits)), "ppl": ppl, "ppl_delta": ppl - base_ppl}
+        scored = answer_logits(load(mode))
+        ppl = perplexity(scored)
+        cosine = statistics.mean(_cosine(a, b) for (a, _), (b, _) in zip(scored, ref))
+        results[mode] = {"logits_cosine": cosine, "ppl": ppl, "ppl_delta": ppl - base_ppl}
     return results
 
 

@@ -38,3 +38,17 @@ def test_demo_model_beats_chance_on_held_out_seeds():
     for split, pope in report["model"]["pope"].items():
         assert pope["accuracy"] > report["random"]["pope"][split]["accuracy"] + 0.1
         assert 0.1 < pope["yes_ratio"] < 0.9
+
+
+def test_quantised_decoders_keep_the_demo_models_answers(sim_data):
+    """llm_quality scores the model on its own task (answers given image and question), where its fp32 perplexity is
+    low; a quantised decoder must stay close to it."""
+    from mobilevlm_agent.bench import llm_quality
+
+    demo_model()  # skips when models/demo is not built
+    quality = llm_quality(str(resolve_model_dir("demo")), str(sim_data / "llava.json"), ["int8", "int4"], group_size=32, limit=40)
+    assert 1.0 < quality["none"]["ppl"] < 3.0  # held-out scene seeds: low, but not memorised
+    for mode in ("int8", "int4"):
+        assert quality[mode]["logits_cosine"] > 0.99
+        assert abs(quality[mode]["ppl_delta"]) < 0.05 * quality["none"]["ppl"]
+    assert quality["int4"]["logits_cosine"] != quality["int8"]["logits_cosine"]  # int4 really ran (group 32 fits)
