@@ -45,6 +45,43 @@ def make_session(path: Path, threads: int | None, profile_prefix: str | None = N
         raise CheckpointError(f"onnxruntime cannot load {path}: {e}") from e
 
 
+def shrinking_run_options():
+    """RunOptions that hand the CPU arena's free chunks back after the run: a prefill's or an image's activations
+    (tens of MB each) then do not stay reserved beside the other session's, which sets the process's peak RSS."""
+    options = _ort().RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
+_SAFETENSORS_DTYPES = {"I8": np.int8, "F16": np.float16, "F32": np.float32}
+
+
+def map_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Read-only memory maps of a safetensors file's tensors: an embedding lookup then pages in only the rows it
+    touches (a V2 1.7B int8 table is 66 MB, of which a session reads a few hundred rows). Header checked like any
+    untrusted file: known dtypes, and every tensor inside the file at exactly its shape's size."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if not 0 < header_len <= size - 8:
+                raise ValueError(f"header length {header_len} does not fit the file's {size} bytes")
+            header = json.loads(f.read(header_len))
+        arrays = {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
+            begin, end = entry["data_offsets"]
+            shape = tuple(int(d) for d in entry["shape"])
+            if not 0 <= begin <= end <= size - 8 - header_len or end - begin != int(np.prod(shape)) * dtype.itemsize:
+                raise ValueError(f"tensor {name!r}: offsets {begin}..{end} do not hold shape {shape} of {dtype}")
+            arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=8 + header_len + begin, shape=shape)
+        return arrays
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e!r}") from e
+
+
 class OrtEmbedding:
     """The token embedding table, looked up in NumPy: ids (torch) -> fp32 embeddings (torch). An int8 table (int
     exports) has one scale per row."""
@@ -70,6 +107,7 @@ class OrtDecoder(CachedPrefix):
         self._cache: list = []  # OrtValues [1, kv_heads, capacity, head_dim]: past.0.key, past.0.value, past.1.key, ...
         self._capacity = 0
         self._binding = None  # the cache buffers stay bound between calls; only the small inputs change
+        self._shrink = shrinking_run_options()  # for prefills; decode steps reuse their few small buffers as they are
         data = path.with_name(path.name + ".data")
         self.weight_bytes = (data.stat().st_size if data.is_file() else path.stat().st_size) + embed_tokens.weight_bytes
 
@@ -111,7 +149,7 @@ class OrtDecoder(CachedPrefix):
         binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
         binding.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, self._shrink if embeds.shape[1] > 1 else None)
         # a copy: onnxruntime reuses the bound logits buffer on the next run
         return torch.from_numpy(binding.get_outputs()[0].numpy()[:, -1].copy())
 
@@ -131,8 +169,6 @@ class OrtMobileVLM:
     dtype = torch.float32
 
     def __init__(self, directory: str | Path, threads: int | None = None) -> None:
-        from safetensors import safe_open
-
         directory = Path(directory)
         limit_heap_retention()  # onnxruntime's load and prefill temporaries would otherwise stay in glibc's heap
         manifest_path = directory / MANIFEST
@@ -149,10 +185,13 @@ class OrtMobileVLM:
             embeddings = directory / "embed_tokens.safetensors"
             if not embeddings.is_file():
                 raise CheckpointError(f"{directory} lacks embed_tokens.safetensors")
-            with safe_open(str(embeddings), framework="np") as f:
-                table = OrtEmbedding(f.get_tensor("embed_tokens"), f.get_tensor("embed_scale") if "embed_scale" in f.keys() else None)
+            tensors = map_safetensors(embeddings)
+            if "embed_tokens" not in tensors:
+                raise CheckpointError(f"{embeddings} holds no embed_tokens tensor")
+            table = OrtEmbedding(tensors["embed_tokens"], tensors.get("embed_scale"))
             self.llm = OrtDecoder(directory / "decoder.onnx", self.config.llm, table, threads)
         self.vision_session = make_session(directory / "vision.onnx", threads) if self.config.vision is not None else None
+        self._shrink = shrinking_run_options()
         tokenizer = directory / "tokenizer.model"
         self.tokenizer = Tokenizer(tokenizer) if tokenizer.is_file() else None
 
@@ -160,7 +199,7 @@ class OrtMobileVLM:
         """[1, 3, S, S] -> visual tokens [1, N_visual, H]."""
         if self.vision_session is None:
             raise ConfigError(f"{self.config.name} is a text-only model: it cannot take an image")
-        tokens = [self.vision_session.run(None, {"pixel_values": p[None].float().cpu().numpy()})[0] for p in pixel_values]
+        tokens = [self.vision_session.run(None, {"pixel_values": p[None].float().cpu().numpy()}, self._shrink)[0] for p in pixel_values]
         return torch.from_numpy(np.concatenate(tokens))
 
     # Preprocessing and splicing are backend-independent: the torch model's own methods, reused as they are.

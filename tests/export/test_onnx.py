@@ -15,7 +15,7 @@ from mobilevlm_agent.chat import ChatSession  # noqa: E402
 from mobilevlm_agent.errors import CheckpointError, ConfigError  # noqa: E402
 from mobilevlm_agent.export.onnx import export_model  # noqa: E402
 from mobilevlm_agent.generate import SamplingParams  # noqa: E402
-from mobilevlm_agent.model.ort import OrtMobileVLM  # noqa: E402
+from mobilevlm_agent.model.ort import OrtMobileVLM, map_safetensors  # noqa: E402
 from mobilevlm_agent.model.quant import quantize_model  # noqa: E402
 from mobilevlm_agent.model.random_init import random_model  # noqa: E402
 from mobilevlm_agent.model.vlm import MobileVLM  # noqa: E402
@@ -167,6 +167,17 @@ def test_cli_export_and_ask_on_ort(tmp_path, capsys):
     assert 1 <= len(answer["token_ids"]) <= 5 and answer["timings"]["ttft_ms"] > 0
 
 
+def test_mapped_embedding_table_equals_safetensors_own_read(exports):
+    from safetensors.numpy import load_file
+
+    for quant in ("none", "int4"):
+        path = exports / quant / "embed_tokens.safetensors"
+        mapped, read = map_safetensors(path), load_file(str(path))
+        assert mapped.keys() == read.keys()
+        for name in read:
+            assert mapped[name].dtype == read[name].dtype and np.array_equal(mapped[name], read[name])
+
+
 def test_bad_exports_are_clear_errors(tmp_path, exports, capsys):
     from mobilevlm_agent.cli import main
 
@@ -179,6 +190,11 @@ def test_bad_exports_are_clear_errors(tmp_path, exports, capsys):
     (broken / "decoder.onnx").write_bytes(b"\x08\x07garbage")
     with pytest.raises(CheckpointError, match="onnxruntime cannot load"):
         OrtMobileVLM(broken)
+    table = (exports / "none" / "embed_tokens.safetensors").read_bytes()
+    for damaged in (table[:-100], table[:8] + b"{not json" + table[17:], b"\xff" * 8 + table[8:]):  # truncated, bad header, bad length
+        (broken / "embed_tokens.safetensors").write_bytes(damaged)
+        with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+            map_safetensors(broken / "embed_tokens.safetensors")
     with pytest.raises(ConfigError, match="supports --quant"):
         export_model(random_model("tiny-vlm-v2"), tmp_path / "x", "int3")
     assert main(["ask", "--model", "demo", "--backend", "ort", "--prompt", "hi"]) == 1
