@@ -127,7 +127,7 @@ def load_ort_bench_model(target: str, quant: str, group_size: int, vision_quant:
             how = f"was killed by signal {-child.exitcode}" if child.exitcode < 0 else f"exited with code {child.exitcode}"
             raise ConfigError(f"exporting {target} to ONNX failed: the export process {how}"
                               + (" (SIGKILL: most often the kernel's out-of-memory killer)" if child.exitcode == -9 else ""))
-        return OrtMobileVLM(tmp, threads)  # onnxruntime has read every file by now
+        return OrtMobileVLM(tmp, threads)  # onnxruntime has read every file, and the mapped embedding outlives its unlink
 
 
 def export_for_bench(target: str, out: str, quant: str, group_size: int, vision_quant: str, decoder: bool = True) -> None:
