@@ -102,9 +102,9 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
                       "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 
 
-def open_safetensors(path: Path) -> dict[str, StoredTensor]:
-    """Read the header only; each tensor is read later with plain file reads. Not mmap: touched pages of a mapping
-    count as our resident memory, and a 1.7B checkpoint read through one stayed resident at its full 3.3 GB."""
+def safetensors_layout(path: Path) -> dict[str, tuple[torch.dtype, torch.Size, int, int]]:
+    """Read and check a safetensors header: per tensor (dtype, shape, byte offset in the file, byte length). Every
+    tensor must lie inside the file at exactly its shape's size, and nothing may follow the last one."""
     def corrupt(why: str) -> CheckpointError:
         return CheckpointError(f"corrupt or truncated safetensors file {path}: {why}")
 
@@ -121,7 +121,7 @@ def open_safetensors(path: Path) -> dict[str, StoredTensor]:
     if not isinstance(header, dict):
         raise corrupt("header is not a JSON object")
     header.pop("__metadata__", None)
-    data_start, data_len, tensors, end_max = 8 + n, size - 8 - n, {}, 0
+    data_start, data_len, layout, end_max = 8 + n, size - 8 - n, {}, 0
     for key, entry in header.items():
         try:
             dtype, shape, (begin, end) = SAFETENSORS_DTYPES[entry["dtype"]], torch.Size(entry["shape"]), entry["data_offsets"]
@@ -130,10 +130,17 @@ def open_safetensors(path: Path) -> dict[str, StoredTensor]:
         if not (0 <= begin <= end <= data_len and end - begin == shape.numel() * dtype.itemsize):
             raise corrupt(f"tensor {key!r} lies outside the file or does not match its shape")
         end_max = max(end_max, end)
-        tensors[key] = StoredTensor(shape, partial(_read_tensor, path, data_start + begin, end - begin, dtype, shape))
+        layout[key] = (dtype, shape, data_start + begin, end - begin)
     if end_max != data_len:
         raise corrupt(f"{data_len - end_max} bytes after the last tensor")
-    return tensors
+    return layout
+
+
+def open_safetensors(path: Path) -> dict[str, StoredTensor]:
+    """Read the header only; each tensor is read later with plain file reads. Not mmap: touched pages of a mapping
+    count as our resident memory, and a 1.7B checkpoint read through one stayed resident at its full 3.3 GB."""
+    return {key: StoredTensor(shape, partial(_read_tensor, path, offset, nbytes, dtype, shape))
+            for key, (dtype, shape, offset, nbytes) in safetensors_layout(path).items()}
 
 
 def _read_tensor(path: Path, offset: int, nbytes: int, dtype: torch.dtype, shape: torch.Size) -> torch.Tensor:

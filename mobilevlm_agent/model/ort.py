@@ -14,6 +14,7 @@ import torch
 
 from mobilevlm_agent.errors import CheckpointError, ConfigError
 from mobilevlm_agent.export.onnx import MANIFEST
+from mobilevlm_agent.model.checkpoint import safetensors_layout
 from mobilevlm_agent.model.config import MobileVLMConfig
 from mobilevlm_agent.model.llama import CachedPrefix, grown_capacity
 from mobilevlm_agent.model.memory import limit_heap_retention
@@ -53,33 +54,16 @@ def shrinking_run_options():
     return options
 
 
-_SAFETENSORS_DTYPES = {"I8": np.int8, "F16": np.float16, "F32": np.float32}
-
-
 def map_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Read-only memory maps of a safetensors file's tensors: an embedding lookup then pages in only the rows it
-    touches (a V2 1.7B int8 table is 66 MB, of which a session reads a few hundred rows). Header checked like any
-    untrusted file: known dtypes, and every tensor inside the file at exactly its shape's size."""
+    """Read-only memory maps of a safetensors file's tensors (header checked by the checkpoint loader's own parser):
+    an embedding lookup then pages in only the rows it touches (a V2 1.7B int8 table is 66 MB, of which a session
+    reads a few hundred rows). The torch path reads checkpoints without mmap; see open_safetensors for why."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            if not 0 < header_len <= size - 8:
-                raise ValueError(f"header length {header_len} does not fit the file's {size} bytes")
-            header = json.loads(f.read(header_len))
-        arrays = {}
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
-            dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
-            begin, end = entry["data_offsets"]
-            shape = tuple(int(d) for d in entry["shape"])
-            if not 0 <= begin <= end <= size - 8 - header_len or end - begin != int(np.prod(shape)) * dtype.itemsize:
-                raise ValueError(f"tensor {name!r}: offsets {begin}..{end} do not hold shape {shape} of {dtype}")
-            arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=8 + header_len + begin, shape=shape)
-        return arrays
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file: {e!r}") from e
+        layout = safetensors_layout(path)
+        return {name: np.memmap(path, dtype=torch.empty(0, dtype=dtype).numpy().dtype, mode="r", offset=offset, shape=tuple(shape))
+                for name, (dtype, shape, offset, _) in layout.items()}
+    except (CheckpointError, OSError, TypeError, ValueError) as e:  # TypeError: a dtype NumPy lacks (bf16)
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
 
 
 class OrtEmbedding:
