@@ -153,15 +153,20 @@ class VisionForward(torch.nn.Module):
 
     Two terms: presence (per class, binary cross-entropy: any cover) and, for each exclusive group of classes
     (colours, shapes), a softmax over the group on the cells its classes cover at least DOMINANT of. Presence alone
-    learned colour but left shape at its prior: a sliver of an object in a cell says its colour, not its shape."""
+    learned colour but left shape at its prior: a sliver of an object in a cell says its colour, not its shape.
+
+    With `pooled_weight`, a third term: per image and group class, the logits averaged over the cells that class alone
+    covers at least DOMINANT of must name it (what `eval vision` scores per object). A cell inside a flat face cannot
+    tell a cube from a cylinder on its own; averaged, the region's edge cells can carry the answer for it."""
 
     DOMINANT = 0.25  # of a cell: covered this much, a cell shows enough of its object to tell the group's class
 
-    def __init__(self, model: MobileVLM, num_classes: int, groups: dict[str, list[int]] | None = None) -> None:
+    def __init__(self, model: MobileVLM, num_classes: int, groups: dict[str, list[int]] | None = None, pooled_weight: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.head = torch.nn.Linear(model.config.llm.hidden_size, num_classes)
         self.groups = list((groups or {}).values())
+        self.pooled_weight = pooled_weight
 
     def forward(self, ids, labels: list[torch.Tensor], pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.head(self.model.encode_images(pixels).float())  # [B, tokens, classes]
@@ -176,7 +181,20 @@ class VisionForward(torch.nn.Module):
             shown = total >= self.DOMINANT
             if shown.any():
                 loss = loss + F.cross_entropy(logits[..., group][shown], part[shown] / total[shown, None])
+            if self.pooled_weight:
+                loss = loss + self.pooled_weight * self.pooled_term(logits[..., group], part, total)
         return loss, torch.tensor(len(labels))
+
+    def pooled_term(self, logits: torch.Tensor, part: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        """logits, part: [B, tokens, group size]; total: [B, tokens]. Cross-entropy of each region's mean logits."""
+        alone = ((part >= self.DOMINANT) & (total[..., None] - part <= 0)).float()  # no other class of the group there
+        cells = alone.sum(1)  # [B, group size]
+        shown = cells > 0
+        if not shown.any():
+            return logits.sum() * 0.0
+        pooled = torch.einsum("btg,btc->bgc", alone, logits) / cells.clamp(min=1)[..., None]
+        target = torch.arange(logits.shape[-1], device=logits.device).expand_as(cells)
+        return F.cross_entropy(pooled[shown], target[shown])
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------------
@@ -253,7 +271,7 @@ def fit(recipe: Recipe, run_dir: Path, resume: bool = False) -> Path:
     dataset = build_dataset(recipe, model)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = checkpoint_dirs(run_dir)[-1] if resume and checkpoint_dirs(run_dir) else None
-    forward = VisionForward(model, dataset.num_classes, dataset.groups).to(info.device) if recipe.stage == "vision" else TrainForward(model)
+    forward = VisionForward(model, dataset.num_classes, dataset.groups, recipe.vision_pooled_weight).to(info.device) if recipe.stage == "vision" else TrainForward(model)
     if recipe.stage == "vision":
         groups.append({"params": list(forward.head.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
     if ckpt:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import overrides
 from mobilevlm_agent.errors import ConfigError
@@ -269,6 +270,29 @@ def test_vision_group_term_teaches_the_class_of_mostly_covered_cells_only():
     assert l_grouped > l_plain
     extra = g_grouped - g_plain  # the group term's own gradient: descent raises class 1, lowers class 0, leaves 2
     assert extra[1] < 0 < extra[0] and extra[2] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_vision_pooled_term_scores_the_mean_logits_of_each_single_class_region():
+    """The pooled term is the cross-entropy of each class's region mean; cells two classes of the group share, and
+    slivers, are not part of any region, and the term is added only with a weight."""
+    from mobilevlm_agent.model.random_init import random_model
+    from mobilevlm_agent.train.loop import VisionForward
+
+    forward = VisionForward(random_model("tiny-vlm-v2", seed=0), 3, groups={"g": [0, 1]}, pooled_weight=1.0)
+    part = torch.zeros(1, 5, 2)
+    part[0, 0, 0] = part[0, 1, 0] = 0.8  # a region of class 0: cells 0 and 1
+    part[0, 2] = torch.tensor([0.5, 0.5])  # shared by both classes: in neither region
+    part[0, 3, 1] = VisionForward.DOMINANT / 2  # a sliver of class 1
+    part[0, 4, 1] = 0.9  # a region of class 1: cell 4
+    logits = torch.randn(1, 5, 2, requires_grad=True)
+    term = forward.pooled_term(logits, part, part.sum(-1))
+    by_hand = (F.cross_entropy(logits[0, :2].mean(0, keepdim=True), torch.tensor([0]))
+               + F.cross_entropy(logits[0, 4:5], torch.tensor([1]))) / 2
+    assert term.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    term.backward()
+    assert logits.grad[0, 2:4].abs().sum() == 0 and logits.grad[0, [0, 1, 4]].abs().sum() > 0
+    empty = forward.pooled_term(logits, torch.zeros(1, 5, 2), torch.zeros(1, 5))
+    assert empty.item() == 0.0
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
