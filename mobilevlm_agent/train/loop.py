@@ -157,7 +157,8 @@ class VisionForward(torch.nn.Module):
 
     With `pooled_weight`, a third term: per image and group class, the logits averaged over the cells that class alone
     covers at least DOMINANT of must name it (what `eval vision` scores per object). A cell inside a flat face cannot
-    tell a cube from a cylinder on its own; averaged, the region's edge cells can carry the answer for it."""
+    tell a cube from a cylinder on its own; averaged, the region's edge cells can carry the answer for it. Measured on
+    the demo model: no better than training as long without it (models/demo/MODEL_CARD.md), so its recipe leaves it off."""
 
     DOMINANT = 0.25  # of a cell: covered this much, a cell shows enough of its object to tell the group's class
 

@@ -174,6 +174,8 @@ def test_recipe_errors_are_clear(tmp_path, data_world):
         load_recipe("tiny-stage0", ["data.path=/no/such", "global_batch=3"]).resolve(1)
     with pytest.raises(ConfigError, match="optim.lr must be a number, got 'fast'"):
         load_recipe("tiny-stage0", ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="only the vision stage has that term"):
+        load_recipe("tiny-stage0", [f"data.path={data_world['tokens']}", "vision_pooled_weight=1"]).resolve(1)
 
 
 def test_exponent_without_a_dot_is_a_float():
