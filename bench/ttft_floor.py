@@ -14,6 +14,7 @@ the real TTFT is measured in the same run, so the floor and the measurement sit 
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -55,14 +56,30 @@ def ttft_matmuls(config, prompt_tokens: int) -> list[MatmulShape]:
         MatmulShape("vision", tokens, v.hidden_size, v.intermediate_size, layers),
         MatmulShape("vision", tokens, v.intermediate_size, v.hidden_size, layers),
         MatmulShape("attention", tokens, head_dim, tokens, 2 * layers, v.num_attention_heads),  # q k^T and p v
-        MatmulShape("projector", grid * grid, v.hidden_size, llm.hidden_size, 1),
-        MatmulShape("projector", grid * grid, llm.hidden_size, llm.hidden_size, 1),
+        *projector_matmuls(config.projector_type, grid, v.hidden_size, llm.hidden_size),
         MatmulShape("decoder", positions, llm.hidden_size, llm.hidden_size, 2 * llm.num_hidden_layers),  # q, out
         MatmulShape("decoder", positions, llm.hidden_size, kv, 2 * llm.num_hidden_layers),  # k, v
         MatmulShape("decoder", positions, llm.hidden_size, llm.intermediate_size, 2 * llm.num_hidden_layers),  # gate, up
         MatmulShape("decoder", positions, llm.intermediate_size, llm.hidden_size, llm.num_hidden_layers),  # down
         MatmulShape("decoder", 1, llm.hidden_size, llm.vocab_size, 1),  # the first token's logits
     ]
+
+
+def projector_matmuls(projector_type: str, grid: int, vision: int, hidden: int) -> list[MatmulShape]:
+    """The projector's dense matmuls (its depthwise convs are left out), as mobilevlm_agent/model/projector.py builds it."""
+    from mobilevlm_agent.model.projector import make_divisible
+
+    tokens = grid * grid
+    if projector_type == "linear":
+        return [MatmulShape("projector", tokens, vision, hidden, 1)]
+    depth = 2 if projector_type.startswith("ldpnet") else int(projector_type[3:-6])  # mlpNx_gelu
+    shapes = [MatmulShape("projector", tokens, vision, hidden, 1), MatmulShape("projector", tokens, hidden, hidden, depth - 1)]
+    if projector_type.startswith("ldpnet") and not projector_type.startswith("ldpnetv2"):
+        # V1's two MobileNetV3 blocks (stride 1, then 2): a pointwise conv each, and a squeeze-excitation on one position
+        squeeze = make_divisible(hidden // 4)
+        shapes += [MatmulShape("projector", tokens, hidden, hidden, 1), MatmulShape("projector", math.ceil(grid / 2) ** 2, hidden, hidden, 1),
+                   MatmulShape("projector", 1, hidden, squeeze, 2), MatmulShape("projector", 1, squeeze, hidden, 2)]
+    return shapes
 
 
 def one_node_session(shape: MatmulShape, group_size: int, threads: int, tmp: Path):

@@ -44,11 +44,12 @@ def macs_of_linears_and_convs(model, run) -> int:
     return total
 
 
-@pytest.mark.parametrize("select_layer", [-2, -1])
+@pytest.mark.parametrize("name, select_layer", [("demo-vlm", -2), ("demo-vlm", -1), ("tiny-vlm", -2), ("tiny-vlm-mlp", -2)])
 @torch.inference_mode()
-def test_the_floor_counts_every_matmul_of_a_cold_ttft(select_layer):
+def test_the_floor_counts_every_matmul_of_a_cold_ttft(name, select_layer):
+    """LDPv2 (V2), LDP (V1) and MLP projectors; the ViT cut after its selected layer."""
     floor = load_script()
-    config = dataclasses.replace(MobileVLMConfig.from_name("demo-vlm"), vision_select_layer=select_layer)
+    config = dataclasses.replace(MobileVLMConfig.from_name(name), vision_select_layer=select_layer)
     model = random_model(config).eval()  # the tower is built with only the layers up to the selected one
     prompt_tokens = 30
     size = model.config.vision.image_size
