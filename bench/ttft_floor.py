@@ -79,7 +79,7 @@ def projector_matmuls(projector_type: str, grid: int, vision: int, hidden: int) 
         squeeze = make_divisible(hidden // 4)
         shapes += [MatmulShape("projector", tokens, hidden, hidden, 1), MatmulShape("projector", math.ceil(grid / 2) ** 2, hidden, hidden, 1),
                    MatmulShape("projector", 1, hidden, squeeze, 2), MatmulShape("projector", 1, squeeze, hidden, 2)]
-    return shapes
+    return [shape for shape in shapes if shape.count]  # mlp1x_gelu has no second linear
 
 
 def one_node_session(shape: MatmulShape, group_size: int, threads: int, tmp: Path):
