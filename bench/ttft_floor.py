@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,20 +86,19 @@ def one_node_session(shape: MatmulShape, group_size: int, threads: int, tmp: Pat
     import onnx
     from onnx import TensorProto, helper
 
-    from mobilevlm_agent.export.onnx import GraphBuilder
+    from mobilevlm_agent.export.onnx import OPSET, GraphBuilder, quantize_matmuls_int8
     from mobilevlm_agent.model.ort import make_session
 
     rng = np.random.default_rng(0)
     path = tmp / f"{shape.part}_{shape.m}_{shape.k}_{shape.n}.onnx"
+    b = GraphBuilder()
     if shape.part == "attention":
-        b = GraphBuilder()
         b.node("MatMul", ["x", "y"], "out")
         inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [shape.batch, shape.m, shape.k]),
                   helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape.batch, shape.k, shape.n])]
         feeds = {"x": rng.standard_normal((shape.batch, shape.m, shape.k), np.float32),
                  "y": rng.standard_normal((shape.batch, shape.k, shape.n), np.float32)}
     else:
-        b = GraphBuilder()
         weight = torch.from_numpy(rng.standard_normal((shape.n, shape.k), np.float32) * 0.02)
         if shape.part == "decoder":
             b.linear("x", weight, "w", "int4", group_size)
@@ -110,24 +108,19 @@ def one_node_session(shape: MatmulShape, group_size: int, threads: int, tmp: Pat
         feeds = {"x": rng.standard_normal((shape.m, shape.k), np.float32)}
     out = helper.make_tensor_value_info(b.nodes[-1].output[0], TensorProto.FLOAT, None)
     graph = helper.make_graph(b.nodes, "matmul", inputs, [out], b.initializers)
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]), path)
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]), path)
     if shape.part in ("vision", "projector"):
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         quantized = path.with_suffix(".int8.onnx")
-        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+        quantize_matmuls_int8(path, quantized)  # what export_vision does to the whole vision graph
         path = quantized
     return make_session(path, threads), feeds
 
 
 def best_ms(fn, repeats: int) -> float:
-    fn()  # warm-up: packing, arena growth
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times) * 1000  # the floor: the best the kernel did on this host
+    """The floor: the best of `repeats` calls after a warm-up (packing, arena growth)."""
+    from mobilevlm_agent.bench import median_time
+
+    return min(median_time(fn, repeats, torch.device("cpu"))[1]) * 1000
 
 
 def measured_ttft_ms(export: str, threads: int, prompt_tokens: int, repeats: int) -> dict:

@@ -189,13 +189,18 @@ def export_vision(model: MobileVLM, path: Path, quant: str) -> Path:
         torch.onnx.export(_VisionGraph(model).eval(), (torch.zeros(1, 3, size, size),), str(path), dynamo=False,
                           input_names=["pixel_values"], output_names=["visual_tokens"], opset_version=OPSET)
     if quant == "int8":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         tmp = path.with_suffix(".fp32.onnx")
         path.replace(tmp)
-        quantize_dynamic(str(tmp), str(path), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
+        quantize_matmuls_int8(tmp, path)
         tmp.unlink()
     return path
+
+
+def quantize_matmuls_int8(source: Path, out: Path) -> None:
+    """Dynamic int8 for every MatMul/Gemm with a constant weight (per output channel): the vision graph's kernels."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
 
 
 def export_decoder(model: MobileVLM, out: Path, quant: str, group_size: int) -> list[Path]:
