@@ -231,7 +231,16 @@ def cmd_eval_vision(args: argparse.Namespace) -> int:
     from mobilevlm_agent.eval.vision_probe import probe
 
     report = probe(args.checkpoint, args.labels, args.limit)
-    print(json.dumps(report) if args.json else "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in report.items()))
+    if args.json:
+        print(json.dumps(report))
+        return 0
+
+    def line(scores: dict) -> str:
+        return "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items())
+
+    print(line({k: v for k, v in report.items() if k != "by_size"}))
+    for bucket, scores in report["by_size"].items():
+        print(f"  {bucket:>12}: {line(scores)}")
     return 0
 
 

@@ -241,9 +241,20 @@ def test_vision_probe_scores_what_the_tokens_learned(data_world, tmp_path):
     blank = tmp_path / "blank"
     shutil.copytree(tmp_path / "sv" / "checkpoints" / "step-0000060", blank)
     save_file({k: torch.zeros_like(v) for k, v in load_file(blank / "head.safetensors").items()}, blank / "head.safetensors")
-    assert probe(blank, data_world["labels_grouped"]) == {"objects": 8, "colour": 0.25, "shape": 0.5}
+    report = probe(blank, data_world["labels_grouped"])
+    by_size = report.pop("by_size")
+    assert report == {"objects": 8, "colour": 0.25, "shape": 0.5}
+    assert sum(bucket["objects"] for bucket in by_size.values()) == 8  # every scored object in one size bucket
+    assert all(set(bucket) == {"objects", "colour", "shape"} and bucket["objects"] > 0 for bucket in by_size.values())
     with pytest.raises(InputError, match="no class groups"):
         probe(tmp_path / "sv" / "checkpoints" / "step-0000060", data_world["labels"])
+
+
+def test_vision_probe_size_buckets_meet_at_their_bounds():
+    from mobilevlm_agent.eval.vision_probe import size_bucket
+
+    assert [size_bucket(p) for p in (150, 499, 500, 1999, 2000, 90000)] == \
+        ["150-499 px", "150-499 px", "500-1999 px", "500-1999 px", ">=2000 px", ">=2000 px"]
 
 
 def test_vision_group_term_teaches_the_class_of_mostly_covered_cells_only():
