@@ -23,15 +23,30 @@ from mobilevlm_agent.sim.scene import COLOURS, SHAPES
 from mobilevlm_agent.sim.world import SimEnv
 
 
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> list[float]:
+    """The 95 % Wilson score interval of a rate: how far a score on this many episodes or questions can be trusted.
+    Unlike p +- 1.96 sd it stays inside [0, 1] and is not zero-width at 0/n or n/n."""
+    if trials == 0:
+        return [0.0, 1.0]
+    p, z2 = successes / trials, z * z
+    centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
 def pope_metrics(pairs: list[tuple[str, str]]) -> dict[str, float]:
-    """(truth, prediction) of Yes/No -> accuracy, precision, recall, F1, yes-ratio (POPE's definitions)."""
+    """(truth, prediction) of Yes/No -> accuracy (with its 95 % interval and the number of questions), precision,
+    recall, F1, yes-ratio (POPE's definitions)."""
     tp = sum(t == "Yes" and p == "Yes" for t, p in pairs)
     fp = sum(t == "No" and p == "Yes" for t, p in pairs)
     fn = sum(t == "Yes" and p == "No" for t, p in pairs)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
+    right = sum(t == p for t, p in pairs)
     return {
-        "accuracy": sum(t == p for t, p in pairs) / len(pairs),
+        "accuracy": right / len(pairs),
+        "accuracy_ci95": wilson_interval(right, len(pairs)),
+        "questions": len(pairs),
         "precision": precision,
         "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
@@ -68,7 +83,7 @@ def answer_all(questions, answer) -> dict:
         else:
             qa.append(prediction == q["a"])
     return {"pope": {split: pope_metrics(pairs + positives[: len(pairs)]) for split, pairs in pope.items()},
-            "qa_accuracy": sum(qa) / max(1, len(qa))}
+            "qa_accuracy": sum(qa) / max(1, len(qa)), "qa_ci95": wilson_interval(sum(qa), len(qa)), "qa_questions": len(qa)}
 
 
 def nav_outcome(env, target, episode) -> str:
@@ -114,7 +129,8 @@ def navigate_all(episodes: int, seed: int, make_planner) -> dict:
         collisions += env.collisions > 0
         steps.append(episode.steps)
     env.close()
-    return {"success_rate": float(np.mean(success)), "spl": float(np.mean(spl)), "collisions": collisions, "mean_steps": float(np.mean(steps)),
+    return {"success_rate": float(np.mean(success)), "success_ci95": wilson_interval(sum(success), len(success)), "episodes": len(success),
+            "spl": float(np.mean(spl)), "collisions": collisions, "mean_steps": float(np.mean(steps)),
             "decisions_per_s": 1000.0 / max(float(np.mean(latency_ms)), 1e-6),  # planning + governor, rendering excluded
             "outcomes": dict(sorted(outcomes.items()))}
 
@@ -141,18 +157,22 @@ def evaluate(model: MobileVLM | None, episodes: int, seed: int) -> dict:
     return report
 
 
+def with_interval(rate: float, interval: list[float] | None) -> str:
+    return f"{rate:.2f}" + (f" [{interval[0]:.2f}-{interval[1]:.2f}]" if interval else "")
+
+
 def nav_cells(n: dict) -> tuple[str, ...]:
-    return f"{n['success_rate']:.2f}", f"{n['spl']:.2f}", str(n["collisions"]), f"{n['mean_steps']:.1f}", f"{n['decisions_per_s']:.0f}"
+    return with_interval(n["success_rate"], n.get("success_ci95")), f"{n['spl']:.2f}", str(n["collisions"]), f"{n['mean_steps']:.1f}", f"{n['decisions_per_s']:.0f}"
 
 
 def format_table(report: dict) -> str:
-    rows = [("policy", "POPE F1 rand/pop/adv", "QA acc", "nav success", "SPL", "collisions", "steps", "decisions/s")]
+    rows = [("policy", "POPE F1 rand/pop/adv", "QA acc [95% interval]", "nav success [95% interval]", "SPL", "collisions", "steps", "decisions/s")]
     for name in ("model", "oracle", "random"):
         if name in report:
             r = report[name]
             f1 = "/".join(f"{r['pope'][s]['f1']:.2f}" for s in ("random", "popular", "adversarial") if s in r["pope"])
             n = r["nav"]
-            rows.append((name, f1, f"{r['qa_accuracy']:.2f}", *nav_cells(n)))
+            rows.append((name, f1, with_interval(r["qa_accuracy"], r.get("qa_ci95")), *nav_cells(n)))
             if "nav_camera_only" in r:
                 rows.append((f"{name} (camera only)", "", "", *nav_cells(r["nav_camera_only"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

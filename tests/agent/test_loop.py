@@ -9,7 +9,7 @@ from mobilevlm_agent.agent.oracle_planner import OraclePlanner
 from mobilevlm_agent.agent.planner import ModelPlanner, RandomPlanner
 from mobilevlm_agent.agent.safety import SafetyGovernor
 from mobilevlm_agent.chat import ChatSession
-from mobilevlm_agent.eval.sim_eval import evaluate, format_table, pope_metrics
+from mobilevlm_agent.eval.sim_eval import evaluate, format_table, pope_metrics, wilson_interval
 from mobilevlm_agent.sim.world import SimEnv
 
 
@@ -73,6 +73,15 @@ def test_pope_metrics_definitions():
     pairs = [("Yes", "Yes"), ("Yes", "No"), ("No", "Yes"), ("No", "No")]
     m = pope_metrics(pairs)
     assert (m["accuracy"], m["precision"], m["recall"], m["f1"], m["yes_ratio"]) == (0.5, 0.5, 0.5, 0.5, 0.5)
+    assert m["questions"] == 4 and m["accuracy_ci95"] == wilson_interval(2, 4)
+
+
+def test_wilson_interval_matches_published_values():
+    """Newcombe (1998), Statistics in Medicine 17: 81/263 -> 0.2553-0.3662; 0/10 -> 0-0.2775; 10/10 the mirror."""
+    assert wilson_interval(81, 263) == pytest.approx([0.2553, 0.3662], abs=5e-5)
+    assert wilson_interval(0, 10) == pytest.approx([0.0, 0.2775], abs=5e-5)
+    assert wilson_interval(10, 10) == pytest.approx([0.7225, 1.0], abs=5e-5)
+    assert wilson_interval(0, 0) == [0.0, 1.0]  # nothing measured: nothing known
 
 
 @pytest.mark.slow
@@ -81,6 +90,10 @@ def test_eval_scores_oracle_at_the_top_and_random_below(tiny_model):
     assert report["oracle"]["nav"]["success_rate"] == 1.0 and report["oracle"]["qa_accuracy"] == 1.0
     assert all(s["f1"] == 1.0 for s in report["oracle"]["pope"].values())
     assert report["random"]["nav"]["success_rate"] < 1.0
+    for policy in ("oracle", "random", "model"):
+        nav, (low, high) = report[policy]["nav"], report[policy]["nav"]["success_ci95"]
+        assert nav["episodes"] == 2 and low <= nav["success_rate"] <= high
+        assert report[policy]["qa_ci95"][0] <= report[policy]["qa_accuracy"] <= report[policy]["qa_ci95"][1]
     assert {"random", "popular", "adversarial"} == set(report["model"]["pope"])
     assert "oracle" in format_table(report)
 
