@@ -34,7 +34,7 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> list[float]
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
-def pope_metrics(pairs: list[tuple[str, str]]) -> dict[str, float]:
+def pope_metrics(pairs: list[tuple[str, str]]) -> dict:
     """(truth, prediction) of Yes/No -> accuracy (with its 95 % interval and the number of questions), precision,
     recall, F1, yes-ratio (POPE's definitions)."""
     tp = sum(t == "Yes" and p == "Yes" for t, p in pairs)
