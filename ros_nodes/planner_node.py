@@ -17,7 +17,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
-from mobilevlm_agent.agent.planner import choose_action
+from mobilevlm_agent.agent.planner import plan
 from mobilevlm_agent.chat import ChatSession
 from mobilevlm_agent.errors import InputError
 from mobilevlm_agent.generate import SamplingParams
@@ -32,6 +32,7 @@ PARAMS = (
     Param("max_pending_queries", 4, "queries waiting beyond this are rejected and counted"),
     Param("max_token_age_s", 2.0, "visual tokens older than this (by header stamp) are too stale to plan on"),
     Param("diagnostics_period_s", 1.0, "seconds between /diagnostics messages"),
+    Param("verify_stop", True, "a planned stop must agree with the model's own answers to the instruction's goal questions, else the search move is sent (counted as stops_vetoed)"),
     Param("prefill_image", True, "while idle, run each new frame's visual tokens through the KV cache so a query prefills only its text (one image prefill per new frame)"),
 )
 # While plan requests keep coming (a goal is running) they bring their own frames at the control rate, and an idle
@@ -50,7 +51,7 @@ class PlannerNode(ModelNode):
         self.session_frame: tuple[float, torch.Tensor] | None = None  # the frame whose tokens the session holds
         self.stopping = False
         self.query_id = 0
-        self.stats = {"queries": 0, "answers": 0, "plans": 0, "plans_superseded": 0, "ttft_ms": 0.0, "plan_ms": 0.0,
+        self.stats = {"queries": 0, "answers": 0, "plans": 0, "plans_superseded": 0, "stops_vetoed": 0, "ttft_ms": 0.0, "plan_ms": 0.0,
                       "image_prefills": 0, "image_prefill_ms": 0.0}
         self.worker = threading.Thread(target=self.work_loop, name="planner", daemon=True)
 
@@ -177,13 +178,15 @@ class PlannerNode(ModelNode):
         image_stamp = latest[0]
         t0 = time.perf_counter()
         self.use_frame(latest)
-        action, scores = choose_action(self.session, request["instruction"])
+        decision = plan(self.session, request["instruction"], self.p.verify_stop)
         ms = (time.perf_counter() - t0) * 1000
         self.stats["plans"] += 1
+        self.stats["stops_vetoed"] += decision.stop_vetoed
         self.stats["plan_ms"] = ms
         if self.active:
-            self.action_pub.publish(json_message({"id": request.get("id"), "action": action, "latency_ms": round(ms, 2),
-                                                  "image_stamp": image_stamp, "scores": {k: round(v, 3) for k, v in scores.items()}}))
+            self.action_pub.publish(json_message({"id": request.get("id"), "action": decision.action, "stop_vetoed": decision.stop_vetoed,
+                                                  "latency_ms": round(ms, 2), "image_stamp": image_stamp,
+                                                  "scores": {k: round(v, 3) for k, v in decision.scores.items()}}))
 
     def answer(self, query_id: int, text: str) -> None:
         latest = self.fresh_tokens()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import random
+import re
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -11,7 +13,9 @@ from mobilevlm_agent.agent.actions import ACTIONS
 from mobilevlm_agent.chat import ChatSession
 from mobilevlm_agent.conversation import Conversation
 from mobilevlm_agent.model.vlm import MobileVLM
-from mobilevlm_agent.sim.dataset import nav_prompt
+from mobilevlm_agent.sim.dataset import colour_question, nav_prompt, shape_question
+from mobilevlm_agent.sim.oracle import SEARCH
+from mobilevlm_agent.sim.scene import COLOURS, SHAPES
 
 
 class Planner(Protocol):
@@ -60,17 +64,54 @@ def score_choices(session: ChatSession, prompt: str, choices: tuple[str, ...]) -
 
 
 class ModelPlanner:
-    """MobileVLM as the planner: the current view plus instruction -> the likeliest grammar action."""
+    """MobileVLM as the planner: the current view plus instruction -> the likeliest grammar action, a `stop` only
+    once the model's own answers about the view agree with the instruction (see `plan`)."""
 
-    def __init__(self, model: MobileVLM) -> None:
+    def __init__(self, model: MobileVLM, verify_stop: bool = True) -> None:
         self.session = ChatSession(model)
+        self.verify_stop = verify_stop
+        self.stops_vetoed = 0
 
     def next_action(self, image: np.ndarray, instruction: str, history: list[str]) -> str:
         self.session.set_image(image)
-        return choose_action(self.session, instruction)[0]
+        decision = plan(self.session, instruction, self.verify_stop)
+        self.stops_vetoed += decision.stop_vetoed
+        return decision.action
 
 
 def choose_action(session: ChatSession, instruction: str) -> tuple[str, dict[str, float]]:
     """The likeliest grammar action for the session's current image, and every action's log-likelihood."""
     scores = score_choices(session, nav_prompt(instruction), ACTIONS)
     return ACTIONS[int(np.argmax(scores))], dict(zip(ACTIONS, scores))
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: str  # what to execute
+    scores: dict[str, float]  # every grammar action's log-likelihood
+    stop_vetoed: bool = False  # the likeliest action was `stop`, and a goal question contradicted it
+
+
+def goal_questions(instruction: str) -> list[tuple[str, tuple[str, ...], str]]:
+    """(question, allowed answers, the answer the instruction implies) for an instruction that names a colour and a
+    shape of the simulator's vocabulary ("go to the red cube": the red object's shape, the cube's colour); else none."""
+    words = re.findall(r"[a-z]+", instruction.lower())
+    colour = next((w for w in words if w in COLOURS), None)
+    shape = next((w for w in words if w in SHAPES), None)
+    if colour is None or shape is None:
+        return []
+    return [(shape_question(colour), SHAPES, shape), (colour_question(shape), tuple(COLOURS), colour)]
+
+
+def plan(session: ChatSession, instruction: str, verify_stop: bool = True) -> Plan:
+    """The next action for the session's current image. With `verify_stop` a `stop` must survive the goal questions,
+    each answered by the model about the same view (grammar-scored as in `eval sim`): an answer that contradicts the
+    instruction turns the stop into the search move. At its wrong stops the bundled model faces an object of the
+    target's colour but another shape, which its own answers name correctly (MODEL_CARD.md, "Stopping only where
+    its answers agree")."""
+    action, scores = choose_action(session, instruction)
+    if action == "stop" and verify_stop:
+        for question, answers, expected in goal_questions(instruction):
+            if answers[int(np.argmax(score_choices(session, question, answers)))] != expected:
+                return Plan(SEARCH, scores, stop_vetoed=True)
+    return Plan(action, scores)

@@ -104,7 +104,7 @@ def nav_outcome(env, target, episode) -> str:
 
 def navigate_all(episodes: int, seed: int, make_planner) -> dict:
     rng, env = random.Random(seed), SimEnv()
-    success, spl, collisions, steps, latency_ms = [], [], 0, [], []
+    success, spl, collisions, steps, latency_ms, vetoed = [], [], 0, [], [], 0
     outcomes: Counter[str] = Counter()
     for e in tqdm(range(episodes), desc="nav", leave=False):
         env.reset(seed=HELD_OUT + seed * 1000 + e)
@@ -119,7 +119,8 @@ def navigate_all(episodes: int, seed: int, make_planner) -> dict:
             last = obs.odom
             latency_ms.append(decision.latency_ms)
 
-        agent = Agent(make_planner(env, target), SafetyGovernor(SafetyLimits(max_linear=0.6, max_angular=1.5, max_linear_accel=10, max_angular_accel=20), dry_run=False), max_steps=80)
+        planner = make_planner(env, target)
+        agent = Agent(planner, SafetyGovernor(SafetyLimits(max_linear=0.6, max_angular=1.5, max_linear_accel=10, max_angular_accel=20), dry_run=False), max_steps=80)
         episode = run_episode(agent, env, rng.choice(NAV_TEMPLATES).format(target.label), on_step=track)
         outcome = nav_outcome(env, target, episode)
         outcomes[outcome] += 1
@@ -128,14 +129,15 @@ def navigate_all(episodes: int, seed: int, make_planner) -> dict:
         spl.append(ok * shortest / max(travelled, shortest, 1e-6))
         collisions += env.collisions > 0
         steps.append(episode.steps)
+        vetoed += getattr(planner, "stops_vetoed", 0)
     env.close()
     return {"success_rate": float(np.mean(success)), "success_ci95": wilson_interval(sum(success), len(success)), "episodes": len(success),
             "spl": float(np.mean(spl)), "collisions": collisions, "mean_steps": float(np.mean(steps)),
             "decisions_per_s": 1000.0 / max(float(np.mean(latency_ms)), 1e-6),  # planning + governor, rendering excluded
-            "outcomes": dict(sorted(outcomes.items()))}
+            "outcomes": dict(sorted(outcomes.items())), "stops_vetoed": vetoed}
 
 
-def evaluate(model: MobileVLM | None, episodes: int, seed: int) -> dict:
+def evaluate(model: MobileVLM | None, episodes: int, seed: int, verify_stop: bool = True) -> dict:
     questions = question_set(max(1, episodes // 2), seed)
     rng = random.Random(seed)
     report = {
@@ -153,7 +155,7 @@ def evaluate(model: MobileVLM | None, episodes: int, seed: int) -> dict:
             scores = score_choices(session, q["q"], CHOICES[q["kind"]])
             return CHOICES[q["kind"]][int(np.argmax(scores))]
 
-        report["model"] = {**answer_all(questions, model_answer), "nav": navigate_all(episodes, seed, lambda env, t: ModelPlanner(model))}
+        report["model"] = {**answer_all(questions, model_answer), "nav": navigate_all(episodes, seed, lambda env, t: ModelPlanner(model, verify_stop))}
     return report
 
 

@@ -24,7 +24,7 @@ def write_dagger(data_dir: str | Path, model: MobileVLM, cfg: DatasetConfig, exp
     A later round aggregates by taking the previous round's mix as its `base`."""
     out = Path(data_dir)
     base_mix(out, base)
-    planner = ModelPlanner(model)
+    planner = ModelPlanner(model, verify_stop=False)  # the raw policy's mistakes are what DAgger labels (and the shipped rounds ran it so)
     driven = Counter()
 
     def drive(image, instruction):

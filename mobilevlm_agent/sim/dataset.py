@@ -40,6 +40,14 @@ def existence_question(label: str) -> str:
     return f"Is there a {label} in the image?"
 
 
+def colour_question(shape: str) -> str:
+    return f"What colour is the {shape}?"
+
+
+def shape_question(colour: str) -> str:
+    return f"What shape is the {colour} object?"
+
+
 def nav_prompt(instruction: str) -> str:
     """The planner's prompt; the same function builds training samples and the agent's queries.
 
@@ -97,9 +105,9 @@ def qa_samples(rng: random.Random, env: SimEnv, visible: list[ObjectSpec], popul
     shapes, colours = Counter(o.shape for o in glimpsed), Counter(o.colour for o in glimpsed)
     for obj in visible:
         if shapes[obj.shape] == 1:
-            out.append({"q": f"What colour is the {obj.shape}?", "a": obj.colour, "kind": "colour"})
+            out.append({"q": colour_question(obj.shape), "a": obj.colour, "kind": "colour"})
         if colours[obj.colour] == 1:
-            out.append({"q": f"What shape is the {obj.colour} object?", "a": obj.shape, "kind": "shape"})
+            out.append({"q": shape_question(obj.colour), "a": obj.shape, "kind": "shape"})
     return out
 
 

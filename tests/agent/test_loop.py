@@ -116,3 +116,28 @@ def test_nav_outcome_names_where_the_robot_stopped(env, robot_x, faced_object, e
     env.reset(scene=SceneSpec(objects=(target, other), robot_start=(0.0, 2.0, 0.0)))
     env.teleport(robot_x, 0.0, 0.0)  # facing +x: the target from its left, the other object from its left too
     assert nav_outcome(env, env.scene.objects[0], EpisodeState(instruction="go to the red ball", status="done")) == expected
+
+
+def test_goal_questions_come_from_the_instruction():
+    from mobilevlm_agent.agent.planner import goal_questions
+
+    (shape_q, shapes, shape), (colour_q, colours, colour) = goal_questions("Go to the RED cube, then stop.")
+    assert (shape_q, shape, colour_q, colour) == ("What shape is the red object?", "cube", "What colour is the cube?", "red")
+    assert shape in shapes and colour in colours
+    assert goal_questions("go home") == [] and goal_questions("go to the red thing") == []
+
+
+@pytest.mark.parametrize("answers, vetoed", [({"shape": "cube", "colour": "red"}, False), ({"shape": "ball", "colour": "red"}, True),
+                                             ({"shape": "cube", "colour": "blue"}, True)])
+def test_a_stop_needs_the_models_answers_to_agree(monkeypatch, env, tiny_model, answers, vetoed):
+    from mobilevlm_agent.agent import planner
+
+    def fake_scores(session, prompt, choices):  # the nav prompt prefers stop; each goal question gets `answers`
+        want = "stop" if "stop" in choices else answers["shape" if "shape" in prompt else "colour"]
+        return [float(c == want) for c in choices]
+
+    monkeypatch.setattr(planner, "score_choices", fake_scores)
+    model_planner = ModelPlanner(tiny_model)
+    action = model_planner.next_action(env.reset(seed=1).image, "go to the red cube", [])
+    assert (action, model_planner.stops_vetoed) == (("turn_left", 1) if vetoed else ("stop", 0))
+    assert ModelPlanner(tiny_model, verify_stop=False).next_action(env.reset(seed=1).image, "go to the red cube", []) == "stop"
