@@ -9,6 +9,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from std_msgs.msg import String
 from sensor_msgs.msg import Image
 
+from mobilevlm_agent.agent.actions import ACTIONS
 from ros_nodes.messages import image_to_tokens
 from ros_nodes.node_tools import LATEST_QOS, RELIABLE_QOS, STREAM_QOS
 
@@ -62,6 +63,16 @@ def test_video_to_streamed_answer(spawn, probe, vlm_dir, tmp_path):
     print(f"query -> first streamed token: {(first_token - sent) * 1000:.0f} ms (node-side TTFT {end['ttft_ms']:.0f} ms)")
     # the frame the query was answered on was already in the cache, unless a newer one had just arrived
     print(f"answer prefilled {end['prefill_tokens']} positions (16 visual tokens + the question when cold)")
+
+    # a plan request -> one grammar action, with the stop check's verdict and every action's score
+    actions = probe.collect(String, "agent/action", RELIABLE_QOS)
+    request = probe.publisher(String, "agent/plan_request", RELIABLE_QOS)
+    probe.spin_until(lambda: request.get_subscription_count() > 0 and probe.matched("agent/action"), 30, "the planner's plan topics")
+    request.publish(String(data=json.dumps({"id": 7, "instruction": "go to the red cube"})))
+    probe.spin_until(lambda: actions, 30, "the action for the plan request")
+    action = json.loads(actions[0][1].data)
+    assert action["id"] == 7 and action["action"] in ACTIONS and isinstance(action["stop_vetoed"], bool)
+    assert set(action["scores"]) == set(ACTIONS) and (action["action"] == max(action["scores"], key=action["scores"].get)) != action["stop_vetoed"]
     assert planner.alive()
     assert planner.output().count("loaded ") == 1 and "[planner_node]: sharing" in planner.output()  # one model for both nodes
     assert "weights decoder int4, vision int8" in planner.output()
