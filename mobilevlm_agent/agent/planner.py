@@ -63,6 +63,11 @@ def score_choices(session: ChatSession, prompt: str, choices: tuple[str, ...]) -
     return scores
 
 
+def likeliest_choice(session: ChatSession, prompt: str, choices: tuple[str, ...]) -> str:
+    """The model's answer to a closed question about the session's image: the best-scored of `choices`."""
+    return choices[int(np.argmax(score_choices(session, prompt, choices)))]
+
+
 class ModelPlanner:
     """MobileVLM as the planner: the current view plus instruction -> the likeliest grammar action, a `stop` only
     once the model's own answers about the view agree with the instruction (see `plan`)."""
@@ -112,6 +117,6 @@ def plan(session: ChatSession, instruction: str, verify_stop: bool = True) -> Pl
     action, scores = choose_action(session, instruction)
     if action == "stop" and verify_stop:
         for question, answers, expected in goal_questions(instruction):
-            if answers[int(np.argmax(score_choices(session, question, answers)))] != expected:
+            if likeliest_choice(session, question, answers) != expected:
                 return Plan(SEARCH, scores, stop_vetoed=True)
     return Plan(action, scores)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from mobilevlm_agent.agent.loop import Agent, run_episode
 from mobilevlm_agent.agent.oracle_planner import OraclePlanner
-from mobilevlm_agent.agent.planner import ModelPlanner, RandomPlanner, score_choices
+from mobilevlm_agent.agent.planner import ModelPlanner, RandomPlanner, likeliest_choice
 from mobilevlm_agent.agent.safety import SafetyGovernor, SafetyLimits
 from mobilevlm_agent.chat import ChatSession
 from mobilevlm_agent.model.vlm import MobileVLM
@@ -152,8 +152,7 @@ def evaluate(model: MobileVLM | None, episodes: int, seed: int, verify_stop: boo
 
         def model_answer(image, q):
             session.set_image(image)
-            scores = score_choices(session, q["q"], CHOICES[q["kind"]])
-            return CHOICES[q["kind"]][int(np.argmax(scores))]
+            return likeliest_choice(session, q["q"], CHOICES[q["kind"]])
 
         report["model"] = {**answer_all(questions, model_answer), "nav": navigate_all(episodes, seed, lambda env, t: ModelPlanner(model, verify_stop))}
     return report
