@@ -45,8 +45,11 @@ def test_instruction_reaches_success_in_the_simulator(spawn, probe):
             pass
         if not success():
             last = json.loads(status[-1][1].data)
-            pytest.xfail(f"the graph ran ({last['steps']} decisions, status {last['status']}) but the bundled demo model "
-                         "did not reach the target: it cannot navigate yet (models/demo/MODEL_CARD.md, issue 4)")
+            ahead = [o for o in json.loads(truth[-1][1].data)["objects"] if abs(o["bearing_deg"]) <= 30]
+            faced = min(ahead, key=lambda o: o["distance"], default=None)
+            where = f"facing the {faced['label']} {faced['distance']:.2f} m away" if faced else "facing no object"
+            pytest.xfail(f"the graph ran ({last['steps']} decisions, status {last['status']}, {where}) but the bundled demo "
+                         "model did not reach the target: it cannot navigate yet (models/demo/MODEL_CARD.md, issue 4)")
         final = json.loads(truth[-1][1].data)
         agent = json.loads(status[-1][1].data)
         print(f"reached the {target} in {time.monotonic() - started:.0f} s wall, sim time {final['time']:.1f} s, "
