@@ -88,8 +88,11 @@ def answer_all(questions, answer) -> dict:
 
 def nav_outcome(env, target, episode) -> str:
     """Why an episode ended as it did: success, collision, timeout, or where the robot stopped. `wrong_*` means it
-    stopped facing another object within reach: one of the target's colour, its shape, or neither."""
-    if env.nav_success(target):
+    stopped facing another object within reach: one of the target's colour, its shape, or neither.
+
+    Success needs the planner's own `stop`: a robot that times out while circling in front of its target (it does,
+    when its stop check keeps vetoing the stop) is at rest there once the episode ends, but never said it arrived."""
+    if episode.status == "done" and env.nav_success(target):
         return "success"
     if env.collisions:
         return "collision"
@@ -124,7 +127,7 @@ def navigate_all(episodes: int, seed: int, make_planner) -> dict:
         episode = run_episode(agent, env, rng.choice(NAV_TEMPLATES).format(target.label), on_step=track)
         outcome = nav_outcome(env, target, episode)
         outcomes[outcome] += 1
-        ok = outcome == "success"  # nav_outcome checks nav_success first
+        ok = outcome == "success"
         success.append(ok)
         spl.append(ok * shortest / max(travelled, shortest, 1e-6))
         collisions += env.collisions > 0

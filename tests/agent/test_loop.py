@@ -118,6 +118,18 @@ def test_nav_outcome_names_where_the_robot_stopped(env, robot_x, faced_object, e
     assert nav_outcome(env, env.scene.objects[0], EpisodeState(instruction="go to the red ball", status="done")) == expected
 
 
+def test_a_timeout_in_front_of_the_target_is_not_a_success(env):
+    from mobilevlm_agent.agent.loop import EpisodeState
+    from mobilevlm_agent.eval.sim_eval import nav_outcome
+    from mobilevlm_agent.sim.scene import ObjectSpec, SceneSpec
+
+    env.reset(scene=SceneSpec(objects=(ObjectSpec("target", "ball", "red", 0.15, -0.5, 0.0),), robot_start=(0.0, 2.0, 0.0)))
+    env.teleport(-1.0, 0.0, 0.0)  # at rest, facing the target within reach
+    assert env.nav_success(env.scene.objects[0])
+    outcomes = [nav_outcome(env, env.scene.objects[0], EpisodeState(instruction="go to the red ball", status=s)) for s in ("done", "timeout")]
+    assert outcomes == ["success", "timeout"]
+
+
 def test_goal_questions_come_from_the_instruction():
     from mobilevlm_agent.agent.planner import goal_questions
 

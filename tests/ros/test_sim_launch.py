@@ -32,9 +32,10 @@ def test_instruction_reaches_success_in_the_simulator(spawn, probe):
         started = time.monotonic()
         instruction.publish(String(data=f"go to the {target}"))
 
-        def success() -> bool:
+        def success() -> bool:  # the agent said it arrived, and the simulator agrees
             last = json.loads(truth[-1][1].data)
-            return any(o["label"] == target and o["success"] for o in last["objects"])
+            said_done = bool(status) and json.loads(status[-1][1].data)["status"] == "done"
+            return said_done and any(o["label"] == target and o["success"] for o in last["objects"])
 
         probe.spin_until(lambda: status and json.loads(status[-1][1].data)["decisions"] >= 1, 60, "the agent's first decision")
         ended = lambda: json.loads(status[-1][1].data)["status"] in ("done", "timeout")  # noqa: E731
