@@ -99,7 +99,7 @@ def run_demo(out_dir: str | Path, model: MobileVLM | None, seed: int, instructio
     cv2.imwrite(str(out / "trajectory.png"), top_down(env.scene, path, target.name))
     summary = {
         "seed": seed, "instruction": instruction, "target": target.label, "planner": planner_name, "question": question, "answer": answer,
-        "status": episode.status, "success": episode.status == "done" and env.nav_success(target),  # arrived, and said so "steps": episode.steps, "collisions": env.collisions,
+        "status": episode.status, "success": episode.status == "done" and env.nav_success(target), "steps": episode.steps, "collisions": env.collisions,
         "actions": episode.history, "stops_vetoed": getattr(chosen, "stops_vetoed", 0), "decisions_per_s": len(decisions) / elapsed if elapsed else 0.0,
         "mean_decision_ms": float(np.mean(decisions)) if decisions else 0.0,
     }
