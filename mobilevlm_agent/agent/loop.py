@@ -92,3 +92,9 @@ def run_episode(agent: Agent, env, instruction: str, period: float = 0.5, on_ste
             on_step(obs, decision)
     env.step(Twist(), period)  # settle: success requires being stopped
     return agent.episode
+
+
+def reached(env, target, episode: EpisodeState) -> bool:
+    """The episode's success: the planner itself said `stop`, and the simulator agrees it is at the target. A robot
+    that times out circling in front of its target is at rest there afterwards, but never said it arrived."""
+    return episode.status == "done" and env.nav_success(target)

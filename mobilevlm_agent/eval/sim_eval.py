@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 import numpy as np
 from tqdm import tqdm
 
-from mobilevlm_agent.agent.loop import Agent, run_episode
+from mobilevlm_agent.agent.loop import Agent, reached, run_episode
 from mobilevlm_agent.agent.oracle_planner import OraclePlanner
 from mobilevlm_agent.agent.planner import ModelPlanner, RandomPlanner, likeliest_choice
 from mobilevlm_agent.agent.safety import SafetyGovernor, SafetyLimits
@@ -88,11 +88,8 @@ def answer_all(questions, answer) -> dict:
 
 def nav_outcome(env, target, episode) -> str:
     """Why an episode ended as it did: success, collision, timeout, or where the robot stopped. `wrong_*` means it
-    stopped facing another object within reach: one of the target's colour, its shape, or neither.
-
-    Success needs the planner's own `stop`: a robot that times out while circling in front of its target (it does,
-    when its stop check keeps vetoing the stop) is at rest there once the episode ends, but never said it arrived."""
-    if episode.status == "done" and env.nav_success(target):
+    stopped facing another object within reach: one of the target's colour, its shape, or neither."""
+    if reached(env, target, episode):
         return "success"
     if env.collisions:
         return "collision"

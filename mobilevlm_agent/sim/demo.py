@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mobilevlm_agent.agent.loop import Agent, run_episode
+from mobilevlm_agent.agent.loop import Agent, reached, run_episode
 from mobilevlm_agent.agent.oracle_planner import OraclePlanner
 from mobilevlm_agent.agent.planner import ModelPlanner
 from mobilevlm_agent.agent.safety import SafetyGovernor
@@ -99,7 +99,7 @@ def run_demo(out_dir: str | Path, model: MobileVLM | None, seed: int, instructio
     cv2.imwrite(str(out / "trajectory.png"), top_down(env.scene, path, target.name))
     summary = {
         "seed": seed, "instruction": instruction, "target": target.label, "planner": planner_name, "question": question, "answer": answer,
-        "status": episode.status, "success": episode.status == "done" and env.nav_success(target), "steps": episode.steps, "collisions": env.collisions,
+        "status": episode.status, "success": reached(env, target, episode), "steps": episode.steps, "collisions": env.collisions,
         "actions": episode.history, "stops_vetoed": getattr(chosen, "stops_vetoed", 0), "decisions_per_s": len(decisions) / elapsed if elapsed else 0.0,
         "mean_decision_ms": float(np.mean(decisions)) if decisions else 0.0,
     }
