@@ -16,6 +16,8 @@ MODEL_PARAMS = (
     Param("quant", "none", "decoder weights: none, bf16, fp16, int8, int4 (quantised while loading, piece by piece)"),
     Param("group_size", 64, "int4 group size (32, 64, 128)"),
     Param("vision_quant", "none", "ViT + projector weights: none, bf16, fp16, int8"),
+    Param("threads", 0, "torch intra-op threads of this process (0: torch's default, one per core); give each model "
+                        "process its share of the cores, or processes that compute at once oversubscribe them"),
     Param("autostart", True, "configure and activate on start; false waits for a lifecycle manager"),
 )
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,14 +35,17 @@ class ModelNode(LifecycleNode):
         self.counters = InputCounters(self)
 
     def start(self) -> "ModelNode":
-        if self.p.autostart:
-            self.trigger_configure()
-            self.trigger_activate()
+        if self.p.autostart and self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()  # after a failed configure the node stays up, unconfigured, its error logged
         return self
 
     def load_model(self) -> MobileVLM:
         if self.shared_model is not None:
             return self.shared_model
+        if self.p.threads < 0:
+            raise MobileVLMError(f"threads must be 0 (torch's default) or more, got {self.p.threads}")
+        if self.p.threads:
+            torch.set_num_threads(self.p.threads)
         device = self.p.device if self.p.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         if self.p.dtype != "auto" and self.p.dtype not in DTYPES:
             raise MobileVLMError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {self.p.dtype!r}")
