@@ -24,7 +24,7 @@ test-fast: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) -m "not slow"
 
 demo: setup
-	$(VENV)/bin/mobilevlm-agent demo --model demo --planner oracle --seed 3 --question "Describe the scene." --out $(DEMO_DIR)
+	$(VENV)/bin/mobilevlm-agent demo --model demo --planner model --seed 7 --question "Describe the scene." --out $(DEMO_DIR)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

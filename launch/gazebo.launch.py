@@ -1,7 +1,7 @@
 """ros2 launch mobilevlm_agent gazebo.launch.py world_dir:=gz/ [model:=DIR] [dry_run:=true]
 
 Gazebo (gz-sim) instead of the embedded simulator. First export the world and bridge config from a scene:
-    mobilevlm-agent sim export-gazebo --seed 3 --out gz/        # gz/world.sdf, gz/bridge.yaml
+    mobilevlm-agent sim export-gazebo --seed 7 --out gz/        # gz/world.sdf, gz/bridge.yaml
 Needs ros_gz_sim and ros_gz_bridge (not on PyPI: install them with your ROS 2 distribution).
 """
 import os

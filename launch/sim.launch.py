@@ -1,4 +1,4 @@
-"""ros2 launch mobilevlm_agent sim.launch.py [model:=DIR] [dry_run:=false] [scene_seed:=3]
+"""ros2 launch mobilevlm_agent sim.launch.py [model:=DIR] [dry_run:=false] [scene_seed:=7]
 
 The same graph as sim.launch.yaml: the MuJoCo simulator node (it publishes /clock) with the agent nodes on sim time.
 """
@@ -17,7 +17,7 @@ ARGS = {
     "namespace": ("", "namespace of every node and topic"),
     "use_sim_time": ("true", "follow the simulator's /clock"),
     "dry_run": ("true", "start with motion disabled until agent/enable is true"),
-    "scene_seed": ("3", "seed of the generated simulator scene"),
+    "scene_seed": ("7", "seed of the generated simulator scene"),
     "real_time_factor": ("1.0", "simulated seconds per wall second"),
 }
 

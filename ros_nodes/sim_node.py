@@ -25,7 +25,7 @@ from ros_nodes.messages import json_message, odometry_message, rgb_to_image, twi
 from ros_nodes.node_tools import RELIABLE_QOS, SENSOR_QOS, InputCounters, Param, declare_parameters, run
 
 PARAMS = (
-    Param("scene_seed", 3, "seed of the generated scene (ignored when scene_file is set)"),
+    Param("scene_seed", 7, "seed of the generated scene (ignored when scene_file is set)"),
     Param("scene_file", "", "a scene YAML (SceneSpec) instead of a generated scene"),
     Param("width", 320, "camera width, pixels"),
     Param("height", 240, "camera height, pixels"),
