@@ -220,7 +220,7 @@ def cmd_eval_sim(args: argparse.Namespace) -> int:
     from mobilevlm_agent.model.vlm import MobileVLM
 
     model = MobileVLM.from_pretrained(args.model, device=args.device) if args.model else None
-    report = evaluate(model, args.episodes, args.seed, verify_stop=not args.no_stop_check)
+    report = evaluate(model, args.episodes, args.seed, verify_stop=not args.no_stop_check, hold_turns=not args.no_turn_hold)
     print(json.dumps(report) if args.json else format_table(report))
     return 0
 
@@ -409,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="held-out evaluation seed")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="one JSON object")
-    p.add_argument("--no-stop-check", action="store_true", help="let the model planner stop without its goal questions (the raw policy)")
+    p.add_argument("--no-stop-check", action="store_true", help="let the model planner stop without its goal questions")
+    p.add_argument("--no-turn-hold", action="store_true", help="let the model planner reverse its previous turn (with --no-stop-check: the raw policy)")
 
     p = add("vision", cmd_eval_vision, eval_group)
     p.add_argument("checkpoint", help="a vision-stage checkpoint: RUN/checkpoints/step-N (model/ and head.safetensors)")

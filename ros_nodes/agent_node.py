@@ -79,7 +79,8 @@ class AgentNode(Node):
             self.stats["replans"] += 1
         self.request_id += 1
         self.outstanding = (self.request_id, now)
-        self.request_pub.publish(json_message({"id": self.request_id, "goal": self.goal_id, "instruction": self.instruction}))
+        previous = self.history[-1] if self.history else None  # the planner must not turn straight back (see plan())
+        self.request_pub.publish(json_message({"id": self.request_id, "goal": self.goal_id, "instruction": self.instruction, "previous": previous}))
 
     def on_action(self, msg: String) -> None:
         try:

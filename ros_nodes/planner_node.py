@@ -17,6 +17,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
+from mobilevlm_agent.agent.actions import ACTIONS
 from mobilevlm_agent.agent.planner import plan
 from mobilevlm_agent.chat import ChatSession
 from mobilevlm_agent.errors import InputError
@@ -33,6 +34,7 @@ PARAMS = (
     Param("max_token_age_s", 2.0, "visual tokens older than this (by header stamp) are too stale to plan on"),
     Param("diagnostics_period_s", 1.0, "seconds between /diagnostics messages"),
     Param("verify_stop", True, "a planned stop must agree with the model's own answers to the instruction's goal questions, else the search move is sent (counted as stops_vetoed)"),
+    Param("hold_turns", True, "a planned turn straight back after the request's previous turn is sent as that turn again (counted as turns_held)"),
     Param("prefill_image", True, "while idle, run each new frame's visual tokens through the KV cache so a query prefills only its text (one image prefill per new frame)"),
 )
 # While plan requests keep coming (a goal is running) they bring their own frames at the control rate, and an idle
@@ -51,7 +53,7 @@ class PlannerNode(ModelNode):
         self.session_frame: tuple[float, torch.Tensor] | None = None  # the frame whose tokens the session holds
         self.stopping = False
         self.query_id = 0
-        self.stats = {"queries": 0, "answers": 0, "plans": 0, "plans_superseded": 0, "stops_vetoed": 0, "ttft_ms": 0.0, "plan_ms": 0.0,
+        self.stats = {"queries": 0, "answers": 0, "plans": 0, "plans_superseded": 0, "stops_vetoed": 0, "turns_held": 0, "ttft_ms": 0.0, "plan_ms": 0.0,
                       "image_prefills": 0, "image_prefill_ms": 0.0}
         self.worker = threading.Thread(target=self.work_loop, name="planner", daemon=True)
 
@@ -111,6 +113,8 @@ class PlannerNode(ModelNode):
             request = json_from_message(msg)
             if not isinstance(request.get("instruction"), str) or not request["instruction"].strip():
                 raise InputError("plan request needs a non-empty 'instruction' string")
+            if request.get("previous") not in (None, *ACTIONS):
+                raise InputError(f"plan request 'previous' must be a grammar action or null, got {str(request['previous'])[:40]!r}")
         except InputError as e:
             self.counters.reject("bad_plan_request", e)
             return
@@ -178,13 +182,16 @@ class PlannerNode(ModelNode):
         image_stamp = latest[0]
         t0 = time.perf_counter()
         self.use_frame(latest)
-        decision = plan(self.session, request["instruction"], self.p.verify_stop)
+        previous = request.get("previous") if self.p.hold_turns else None
+        decision = plan(self.session, request["instruction"], self.p.verify_stop, previous)
         ms = (time.perf_counter() - t0) * 1000
         self.stats["plans"] += 1
         self.stats["stops_vetoed"] += decision.stop_vetoed
+        self.stats["turns_held"] += decision.turn_held
         self.stats["plan_ms"] = ms
         if self.active:
             self.action_pub.publish(json_message({"id": request.get("id"), "action": decision.action, "stop_vetoed": decision.stop_vetoed,
+                                                  "turn_held": decision.turn_held,
                                                   "latency_ms": round(ms, 2), "image_stamp": image_stamp,
                                                   "scores": {k: round(v, 3) for k, v in decision.scores.items()}}))
 

@@ -70,17 +70,19 @@ def likeliest_choice(session: ChatSession, prompt: str, choices: tuple[str, ...]
 
 class ModelPlanner:
     """MobileVLM as the planner: the current view plus instruction -> the likeliest grammar action, a `stop` only
-    once the model's own answers about the view agree with the instruction (see `plan`)."""
+    once the model's own answers about the view agree with the instruction, and no turn straight back (see `plan`)."""
 
-    def __init__(self, model: MobileVLM, verify_stop: bool = True) -> None:
+    def __init__(self, model: MobileVLM, verify_stop: bool = True, hold_turns: bool = True) -> None:
         self.session = ChatSession(model)
-        self.verify_stop = verify_stop
-        self.stops_vetoed = 0
+        self.verify_stop, self.hold_turns = verify_stop, hold_turns
+        self.stops_vetoed = self.turns_held = 0
 
     def next_action(self, image: np.ndarray, instruction: str, history: list[str]) -> str:
         self.session.set_image(image)
-        decision = plan(self.session, instruction, self.verify_stop)
+        previous = history[-1] if history and self.hold_turns else None
+        decision = plan(self.session, instruction, self.verify_stop, previous)
         self.stops_vetoed += decision.stop_vetoed
+        self.turns_held += decision.turn_held
         return decision.action
 
 
@@ -95,6 +97,10 @@ class Plan:
     action: str  # what to execute
     scores: dict[str, float]  # every grammar action's log-likelihood
     stop_vetoed: bool = False  # the likeliest action was `stop`, and a goal question contradicted it
+    turn_held: bool = False  # the likeliest action reversed the previous turn; that turn was kept instead
+
+
+REVERSED_TURN = {"turn_left": "turn_right", "turn_right": "turn_left"}
 
 
 def goal_questions(instruction: str) -> list[tuple[str, tuple[str, ...], str]]:
@@ -108,15 +114,24 @@ def goal_questions(instruction: str) -> list[tuple[str, tuple[str, ...], str]]:
     return [(shape_question(colour), SHAPES, shape), (colour_question(shape), tuple(COLOURS), colour)]
 
 
-def plan(session: ChatSession, instruction: str, verify_stop: bool = True) -> Plan:
-    """The next action for the session's current image. With `verify_stop` a `stop` must survive the goal questions,
-    each answered by the model about the same view (grammar-scored as in `eval sim`): an answer that contradicts the
-    instruction turns the stop into the search move. At its wrong stops the bundled model faces an object of the
-    target's colour but another shape, which its own answers name correctly (MODEL_CARD.md, "Stopping only where
-    its answers agree")."""
+def plan(session: ChatSession, instruction: str, verify_stop: bool = True, previous: str | None = None) -> Plan:
+    """The next action for the session's current image.
+
+    With `previous` (the action executed last), a turn straight back is replaced by the previous turn again. The
+    policy sees only the current view and the simulator is deterministic, so a left turn whose view asks for a right
+    turn back comes back to the same view and the same answer: the robot then alternates for the rest of the episode
+    (most of the bundled model's timeouts). The oracle it imitates never reverses a turn from one step to the next.
+
+    With `verify_stop` a `stop` must survive the goal questions, each answered by the model about the same view
+    (grammar-scored as in `eval sim`): an answer that contradicts the instruction turns the stop into the search
+    move. At its wrong stops the bundled model faces an object of the target's colour but another shape, which its
+    own answers name correctly (MODEL_CARD.md, "Stopping only where its answers agree")."""
     action, scores = choose_action(session, instruction)
+    turn_held = previous in REVERSED_TURN and action == REVERSED_TURN[previous]
+    if turn_held:
+        action = previous
     if action == "stop" and verify_stop:
         for question, answers, expected in goal_questions(instruction):
             if likeliest_choice(session, question, answers) != expected:
                 return Plan(SEARCH, scores, stop_vetoed=True)
-    return Plan(action, scores)
+    return Plan(action, scores, turn_held=turn_held)

@@ -104,7 +104,7 @@ def nav_outcome(env, target, episode) -> str:
 
 def navigate_all(episodes: int, seed: int, make_planner) -> dict:
     rng, env = random.Random(seed), SimEnv()
-    success, spl, collisions, steps, latency_ms, vetoed = [], [], 0, [], [], 0
+    success, spl, collisions, steps, latency_ms, vetoed, held = [], [], 0, [], [], 0, 0
     outcomes: Counter[str] = Counter()
     for e in tqdm(range(episodes), desc="nav", leave=False):
         env.reset(seed=HELD_OUT + seed * 1000 + e)
@@ -130,14 +130,15 @@ def navigate_all(episodes: int, seed: int, make_planner) -> dict:
         collisions += env.collisions > 0
         steps.append(episode.steps)
         vetoed += getattr(planner, "stops_vetoed", 0)
+        held += getattr(planner, "turns_held", 0)
     env.close()
     return {"success_rate": float(np.mean(success)), "success_ci95": wilson_interval(sum(success), len(success)), "episodes": len(success),
             "spl": float(np.mean(spl)), "collisions": collisions, "mean_steps": float(np.mean(steps)),
             "decisions_per_s": 1000.0 / max(float(np.mean(latency_ms)), 1e-6),  # planning + governor, rendering excluded
-            "outcomes": dict(sorted(outcomes.items())), "stops_vetoed": vetoed}
+            "outcomes": dict(sorted(outcomes.items())), "stops_vetoed": vetoed, "turns_held": held}
 
 
-def evaluate(model: MobileVLM | None, episodes: int, seed: int, verify_stop: bool = True) -> dict:
+def evaluate(model: MobileVLM | None, episodes: int, seed: int, verify_stop: bool = True, hold_turns: bool = True) -> dict:
     questions = question_set(max(1, episodes // 2), seed)
     rng = random.Random(seed)
     report = {
@@ -154,7 +155,7 @@ def evaluate(model: MobileVLM | None, episodes: int, seed: int, verify_stop: boo
             session.set_image(image)
             return likeliest_choice(session, q["q"], CHOICES[q["kind"]])
 
-        report["model"] = {**answer_all(questions, model_answer), "nav": navigate_all(episodes, seed, lambda env, t: ModelPlanner(model, verify_stop))}
+        report["model"] = {**answer_all(questions, model_answer), "nav": navigate_all(episodes, seed, lambda env, t: ModelPlanner(model, verify_stop, hold_turns))}
     return report
 
 

@@ -100,7 +100,8 @@ def run_demo(out_dir: str | Path, model: MobileVLM | None, seed: int, instructio
     summary = {
         "seed": seed, "instruction": instruction, "target": target.label, "planner": planner_name, "question": question, "answer": answer,
         "status": episode.status, "success": reached(env, target, episode), "steps": episode.steps, "collisions": env.collisions,
-        "actions": episode.history, "stops_vetoed": getattr(chosen, "stops_vetoed", 0), "decisions_per_s": len(decisions) / elapsed if elapsed else 0.0,
+        "actions": episode.history, "stops_vetoed": getattr(chosen, "stops_vetoed", 0), "turns_held": getattr(chosen, "turns_held", 0),
+        "decisions_per_s": len(decisions) / elapsed if elapsed else 0.0,
         "mean_decision_ms": float(np.mean(decisions)) if decisions else 0.0,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

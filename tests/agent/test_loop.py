@@ -153,3 +153,16 @@ def test_a_stop_needs_the_models_answers_to_agree(monkeypatch, env, tiny_model, 
     action = model_planner.next_action(env.reset(seed=1).image, "go to the red cube", [])
     assert (action, model_planner.stops_vetoed) == (("turn_left", 1) if vetoed else ("stop", 0))
     assert ModelPlanner(tiny_model, verify_stop=False).next_action(env.reset(seed=1).image, "go to the red cube", []) == "stop"
+
+
+@pytest.mark.parametrize("previous, expected, held", [("turn_left", "turn_left", 1), ("turn_right", "turn_right", 0), ("forward", "turn_right", 0)])
+def test_a_turn_straight_back_is_held(monkeypatch, env, tiny_model, previous, expected, held):
+    from mobilevlm_agent.agent import planner
+
+    monkeypatch.setattr(planner, "score_choices", lambda session, prompt, choices: [float(c == "turn_right") for c in choices])
+    model_planner = ModelPlanner(tiny_model)
+    image = env.reset(seed=1).image
+    assert model_planner.next_action(image, "go to the red cube", ["forward", previous]) == expected
+    assert model_planner.turns_held == held
+    assert model_planner.next_action(image, "go to the red cube", []) == "turn_right"  # the first decision has nothing to hold
+    assert ModelPlanner(tiny_model, hold_turns=False).next_action(image, "go to the red cube", ["turn_left"]) == "turn_right"

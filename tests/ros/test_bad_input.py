@@ -49,11 +49,12 @@ def test_planner_survives_oversized_and_invalid_queries(spawn, probe, vlm_dir):
     request = probe.publisher(String, "agent/plan_request", RELIABLE_QOS)
     request.publish(String(data="{not json"))
     request.publish(String(data=json.dumps({"instruction": ["rm -rf"]})))
+    request.publish(String(data=json.dumps({"instruction": "go to the red cube", "previous": "jump"})))
     query.publish(String(data="What do you see?"))
     probe.spin_until(lambda: any(json.loads(m.data)["done"] for _, m in chunks), 60, "an answer to the good query")
     probe.spin_until(lambda: int(probe.diagnostic_values(diags, "planner_node").get("bad_query", 0)) >= 2, 10, "both bad queries counted")
     c = probe.diagnostic_values(diags, "planner_node")
-    assert int(c["bad_query"]) == 2 and int(c["bad_plan_request"]) == 2 and int(c["answers"]) == 1
+    assert int(c["bad_query"]) == 2 and int(c["bad_plan_request"]) == 3 and int(c["answers"]) == 1
     assert planner.alive()
     log = planner.output()
     assert "bad_query #1:" in log and ("limit" in log or "not valid UTF-8" in log)  # whichever arrived first; then throttled

@@ -64,15 +64,18 @@ def test_video_to_streamed_answer(spawn, probe, vlm_dir, tmp_path):
     # the frame the query was answered on was already in the cache, unless a newer one had just arrived
     print(f"answer prefilled {end['prefill_tokens']} positions (16 visual tokens + the question when cold)")
 
-    # a plan request -> one grammar action, with the stop check's verdict and every action's score
+    # a plan request after a left turn -> one grammar action, with the stop check's and the turn hold's verdicts
+    # and every action's score
     actions = probe.collect(String, "agent/action", RELIABLE_QOS)
     request = probe.publisher(String, "agent/plan_request", RELIABLE_QOS)
     probe.spin_until(lambda: request.get_subscription_count() > 0 and probe.matched("agent/action"), 30, "the planner's plan topics")
-    request.publish(String(data=json.dumps({"id": 7, "instruction": "go to the red cube"})))
+    request.publish(String(data=json.dumps({"id": 7, "instruction": "go to the red cube", "previous": "turn_left"})))
     probe.spin_until(lambda: actions, 30, "the action for the plan request")
     action = json.loads(actions[0][1].data)
     assert action["id"] == 7 and action["action"] in ACTIONS and isinstance(action["stop_vetoed"], bool)
-    assert set(action["scores"]) == set(ACTIONS) and (action["action"] == max(action["scores"], key=action["scores"].get)) != action["stop_vetoed"]
+    likeliest = max(action["scores"], key=action["scores"].get)
+    assert action["turn_held"] == (likeliest == "turn_right")  # a right turn straight after a left one is held
+    assert set(action["scores"]) == set(ACTIONS) and (action["action"] == likeliest) != (action["stop_vetoed"] or action["turn_held"])
     assert planner.alive()
     assert planner.output().count("loaded ") == 1 and "[planner_node]: sharing" in planner.output()  # one model for both nodes
     assert "weights decoder int4, vision int8" in planner.output()
