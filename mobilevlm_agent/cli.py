@@ -204,6 +204,15 @@ def cmd_sim_dagger(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_questions(args: argparse.Namespace) -> int:
+    """Questions from more rooms: the colour and shape questions of another `sim dataset` directory, and as many of
+    its POPE "Yes" as "No", added to a mix; writes DATA/questions.json and DATA/balanced_questions.json."""
+    from mobilevlm_agent.sim.questions import write_questions
+
+    print(json.dumps(write_questions(args.data, args.source, base=args.base, pope_per_answer=args.pope_per_answer, seed=args.seed)))
+    return 0
+
+
 def cmd_sim_contrast(args: argparse.Namespace) -> int:
     """Contrast views: the robot in front of each object, that one view labelled for it and for another object;
     writes DATA/contrastS.json and DATA/balanced_contrastS.json (the --base mix plus the new samples), S = --seed."""
@@ -395,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=3, help="episodes per scene (default 3)")
     p.add_argument("--expert-prob", type=float, default=0.3, help="chance the oracle's action is executed instead of the model's (default 0.3)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+    p = add("questions", cmd_sim_questions, sim)
+    p.add_argument("--data", required=True, help="a `sim dataset` output directory, where the mix is written")
+    p.add_argument("--source", required=True, help="another `sim dataset` output directory (other rooms, e.g. --episodes 0)")
+    p.add_argument("--base", default="balanced.json", help="the mix in DATA to add to (default balanced.json)")
+    p.add_argument("--pope-per-answer", type=int, default=4000, help="POPE questions added per answer, Yes and No (default 4000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the POPE sample and the shuffle (default 0)")
 
     p = add("contrast", cmd_sim_contrast, sim)
     p.add_argument("--data", required=True, help="a `sim dataset` output directory")

@@ -3,7 +3,7 @@
 Topics (relative, so a namespace applies):
   agent/query (String)            -> agent/answer_stream (String, JSON chunks {id, seq, delta, done[, finish_reason]})
                                   -> agent/answer (String, the full text)
-  agent/plan_request (String JSON {id, instruction}) -> agent/action (String JSON {id, action, scores, ...})
+  agent/plan_request (String JSON {id, instruction, previous}) -> agent/action (String JSON {id, action, scores, ...})
 """
 from __future__ import annotations
 
