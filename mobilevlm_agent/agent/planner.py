@@ -120,7 +120,8 @@ def plan(session: ChatSession, instruction: str, verify_stop: bool = True, previ
     With `previous` (the action executed last), a turn straight back is replaced by the previous turn again. The
     policy sees only the current view and the simulator is deterministic, so a left turn whose view asks for a right
     turn back comes back to the same view and the same answer: the robot then alternates for the rest of the episode
-    (most of the bundled model's timeouts). The oracle it imitates never reverses a turn from one step to the next.
+    (most of the bundled model's timeouts). The hold costs a detour where turning back was right: the oracle's own
+    labels reverse 11 % of their turns (MODEL_CARD.md, "Holding a turn instead of reversing it").
 
     With `verify_stop` a `stop` must survive the goal questions, each answered by the model about the same view
     (grammar-scored as in `eval sim`): an answer that contradicts the instruction turns the stop into the search
