@@ -2,9 +2,9 @@
 
 The launch file's default scene (7) is one the bundled model solves in-process (`make demo`: 10 steps), so a failure
 here points at the graph. The graph is not step-for-step the in-process loop (frames, decisions and cmd_vel run
-asynchronously; the governor ramps at 20 Hz), so the model may still miss: 5 of 5 runs reached the target on
-2026-12-04, against 3 of 6 in scene 1. Scene 3, the former default, missed in every earlier CI run, and the model
-misses it in-process too."""
+asynchronously; the governor ramps at 20 Hz), so the model may still miss. The weights bundled on the morning of
+2026-12-04 reached the target in 5 of 5 runs (3 of 6 in scene 1); those bundled later that day, in every test-suite
+run since. Scene 3, the former default, missed in every earlier CI run, and the model misses it in-process too."""
 from __future__ import annotations
 
 import json
