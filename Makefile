@@ -32,6 +32,8 @@ clean:
 # The bundled demo model, from scratch: simulator data -> tokenizer -> stages 0, 1, vision, 2a, 2b -> one DAgger round (two runs on its mix)
 # -> a second DAgger round in the same rooms, driven by the DAgger-1 model, plus questions from 360 more rooms (2000 steps,
 # then 4000 more at a lower learning rate) -> questions from another 360 rooms added to that mix (4000 steps) -> eval.
+# The second `sim questions` rewrites data/balanced_questions.json (its own --base) as the larger mix, so a rerun of the
+# two runs before it alone must rerun the first `sim questions` too.
 DM := build/demo-model
 MVA := $(VENV)/bin/mobilevlm-agent
 SCENES ?= 120
