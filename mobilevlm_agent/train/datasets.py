@@ -237,6 +237,8 @@ class LabelDataset(Dataset):
         if mirrored:
             pixels = mirror_pixels(pixels)
             targets = targets.view(self.grid, self.grid, -1).flip(1).reshape(self.grid * self.grid, -1)
+        else:  # a copy: a DataLoader worker keeps a file descriptor open for every cached tensor it ever sent
+            targets = targets.clone()
         return {"ids": [], "labels": targets, "pixels": pixels}
 
     def record_targets(self, i: int) -> torch.Tensor:
