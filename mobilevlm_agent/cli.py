@@ -213,6 +213,14 @@ def cmd_sim_questions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_labels(args: argparse.Namespace) -> int:
+    """The labelled views of several `sim dataset` directories in one labels file, for the vision stage."""
+    from mobilevlm_agent.sim.questions import merge_labels
+
+    print(json.dumps(merge_labels(args.out, args.sources)))
+    return 0
+
+
 def cmd_sim_contrast(args: argparse.Namespace) -> int:
     """Contrast views: the robot in front of each object, that one view labelled for it and for another object;
     writes DATA/contrastS.json and DATA/balanced_contrastS.json (the --base mix plus the new samples), S = --seed."""
@@ -411,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default="balanced.json", help="the mix in DATA to add to (default balanced.json)")
     p.add_argument("--pope-per-answer", type=int, default=4000, help="POPE questions added per answer, Yes and No (default 4000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the POPE sample and the shuffle (default 0)")
+
+    p = add("labels", cmd_sim_labels, sim)
+    p.add_argument("sources", nargs="+", help="`sim dataset` output directories")
+    p.add_argument("--out", required=True, help="the labels file to write (paths in it are relative to its folder)")
 
     p = add("contrast", cmd_sim_contrast, sim)
     p.add_argument("--data", required=True, help="a `sim dataset` output directory")

@@ -1,15 +1,17 @@
-"""Questions from more rooms: the colour, shape and POPE questions of another `sim dataset` directory, added to a mix.
+"""More rooms: the colour, shape and POPE questions of another `sim dataset` directory added to a mix, and the vision
+stage's labelled views of several such directories in one file.
 
 Held-out QA rose with the number of rooms its questions came from, not with how often each was seen (MODEL_CARD.md,
 "More QA data, and an ensemble"), and a dataset of views without navigation episodes is cheap to render.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
 
-from mobilevlm_agent.errors import ConfigError
+from mobilevlm_agent.errors import ConfigError, InputError
 from mobilevlm_agent.sim.dataset import base_mix, write_round
 from mobilevlm_agent.train.datasets import read_records
 
@@ -39,3 +41,25 @@ def write_questions(data_dir: str | Path, source_dir: str | Path, base: str = "b
         raise ConfigError(f"--source must be another `sim dataset` directory than --data ({out}): its questions are already in the mix")
     samples = question_samples(source, out, pope_per_answer, seed)
     return {"source": str(source), **write_round(out, "questions", samples, base, samples, seed)}
+
+
+def merge_labels(out_file: str | Path, sources: list[str | Path]) -> dict:
+    """Write one labels file (the vision stage's `LabelDataset`) holding the views of every source directory's
+    labels.json, image and mask paths made relative to OUT_FILE's folder; the sources must share classes and groups."""
+    out = Path(out_file)
+    merged: dict = {"records": []}
+    for source in map(Path, sources):
+        path = source / "labels.json"
+        if not path.is_file():
+            raise InputError(f"{path} not found: each source is a `sim dataset` output directory")
+        labels = json.loads(path.read_text(encoding="utf-8"))
+        head = {"classes": labels.get("classes"), "groups": labels.get("groups", {})}
+        if merged.setdefault("head", head) != head:
+            raise InputError(f"{path}: its classes or groups differ from {sources[0]}'s; views labelled differently cannot share a head")
+        prefix = Path(os.path.relpath(source, out.parent))
+        merged["records"] += [{**r, "image": str(prefix / r["image"]), "mask": str(prefix / r["mask"])} for r in labels["records"]]
+    if not merged["records"]:
+        raise InputError("no labelled views in the sources")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**merged.pop("head"), "records": merged["records"]}))
+    return {"out": str(out), "sources": len(sources), "views": len(merged["records"])}

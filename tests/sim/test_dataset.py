@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from mobilevlm_agent.agent.actions import ACTIONS
+from mobilevlm_agent.cli import main
+from mobilevlm_agent.errors import InputError
+from mobilevlm_agent.sim.questions import merge_labels
 from mobilevlm_agent.tokenizer import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from mobilevlm_agent.train.datasets import ConversationDataset, PackedDataset
+from mobilevlm_agent.train.datasets import ConversationDataset, LabelDataset, PackedDataset
 from mobilevlm_agent.train.tokenize_data import tokenize_corpus
 
 
@@ -101,3 +107,30 @@ def test_only_conventions_are_marked_unmirrorable(sim_data):
     assert all(r["conversations"][1]["value"].count(", ") >= 1 for r in fixed if r["kind"] == "describe")
     in_view = [r for r in records if r["kind"] == "nav" and "mirror" not in r]
     assert {"forward", "stop"} & {r["conversations"][1]["value"] for r in in_view}
+
+
+def test_merged_labels_give_every_sources_views_unchanged(sim_data, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "labels.json").write_text((sim_data / "labels.json").read_text())  # same records, paths into sim_data's folders
+    (other / "images").symlink_to(sim_data / "images")
+    (other / "masks").symlink_to(sim_data / "masks")
+    out = tmp_path / "mixes" / "labels_all.json"
+    assert main(["sim", "labels", str(sim_data), str(other), "--out", str(out)]) == 0
+    alone, merged = LabelDataset(sim_data / "labels.json", 56, 4), LabelDataset(out, 56, 4)
+    assert len(merged) == 2 * len(alone) > 0
+    for i in (0, len(alone) - 1):
+        for j in (i, i + len(alone)):
+            assert torch.equal(merged[j]["pixels"], alone[i]["pixels"]) and torch.equal(merged[j]["labels"], alone[i]["labels"])
+
+
+def test_merging_labels_of_other_classes_or_a_missing_source_is_refused(sim_data, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    labels = json.loads((sim_data / "labels.json").read_text())
+    (other / "labels.json").write_text(json.dumps({**labels, "classes": labels["classes"][:-1]}))
+    with pytest.raises(InputError, match="classes or groups differ"):
+        merge_labels(tmp_path / "all.json", [sim_data, other])
+    with pytest.raises(InputError, match="not found"):
+        merge_labels(tmp_path / "all.json", [sim_data, tmp_path / "nowhere"])
+    assert not (tmp_path / "all.json").exists()
