@@ -47,19 +47,25 @@ def merge_labels(out_file: str | Path, sources: list[str | Path]) -> dict:
     """Write one labels file (the vision stage's `LabelDataset`) holding the views of every source directory's
     labels.json, image and mask paths made relative to OUT_FILE's folder; the sources must share classes and groups."""
     out = Path(out_file)
-    merged: dict = {"records": []}
+    head, records = None, []
     for source in map(Path, sources):
         path = source / "labels.json"
-        if not path.is_file():
-            raise InputError(f"{path} not found: each source is a `sim dataset` output directory")
-        labels = json.loads(path.read_text(encoding="utf-8"))
-        head = {"classes": labels.get("classes"), "groups": labels.get("groups", {})}
-        if merged.setdefault("head", head) != head:
+        try:
+            labels = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"{path} not found: each source is a `sim dataset` output directory") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"{path}: not a JSON labels file ({e})") from None
+        if not isinstance(labels, dict) or not isinstance(labels.get("records"), list):
+            raise InputError(f"{path}: a labels file is {{'classes': [...], 'groups': {{...}}, 'records': [...]}}")
+        this_head = {"classes": labels.get("classes"), "groups": labels.get("groups", {})}
+        if head is not None and this_head != head:
             raise InputError(f"{path}: its classes or groups differ from {sources[0]}'s; views labelled differently cannot share a head")
+        head = this_head
         prefix = Path(os.path.relpath(source, out.parent))
-        merged["records"] += [{**r, "image": str(prefix / r["image"]), "mask": str(prefix / r["mask"])} for r in labels["records"]]
-    if not merged["records"]:
+        records += [{**r, "image": str(prefix / r["image"]), "mask": str(prefix / r["mask"])} for r in labels["records"]]
+    if not records:
         raise InputError("no labelled views in the sources")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**merged.pop("head"), "records": merged["records"]}))
-    return {"out": str(out), "sources": len(sources), "views": len(merged["records"])}
+    out.write_text(json.dumps({**head, "records": records}))
+    return {"out": str(out), "sources": len(sources), "views": len(records)}

@@ -5,7 +5,7 @@ weights, 10 to 52 with earlier ones), so a failure here points at the graph. The
 in-process loop (frames, decisions and cmd_vel run asynchronously; the governor ramps at 20 Hz), so the model may still
 miss. Weights bundled earlier on 2026-12-04 reached the target in 5 of 5 runs (3 of 6 in scene 1), then in every
 test-suite run, and 4 of 4 runs; two more fine-tunes that day, in 4 of 4 runs each before the suite; the bundled ones
-(2026-12-05, a second vision stage), in 4 of 4. Scene 3, the former default, missed in every earlier CI run."""
+(late 2026-12-04, a second vision stage), in 4 of 4. Scene 3, the former default, missed in every earlier CI run."""
 from __future__ import annotations
 
 import json

@@ -133,4 +133,10 @@ def test_merging_labels_of_other_classes_or_a_missing_source_is_refused(sim_data
         merge_labels(tmp_path / "all.json", [sim_data, other])
     with pytest.raises(InputError, match="not found"):
         merge_labels(tmp_path / "all.json", [sim_data, tmp_path / "nowhere"])
+    (other / "labels.json").write_bytes(b"\xff\xfe not json")
+    with pytest.raises(InputError, match="not a JSON labels file"):
+        merge_labels(tmp_path / "all.json", [sim_data, other])
+    (other / "labels.json").write_text(json.dumps([labels]))
+    with pytest.raises(InputError, match="a labels file is"):
+        merge_labels(tmp_path / "all.json", [sim_data, other])
     assert not (tmp_path / "all.json").exists()
