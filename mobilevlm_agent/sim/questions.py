@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mobilevlm_agent.errors import ConfigError, InputError
 from mobilevlm_agent.sim.dataset import base_mix, write_round
-from mobilevlm_agent.train.datasets import read_records
+from mobilevlm_agent.train.datasets import read_labels, read_records
 
 KINDS = ("colour", "shape")  # added whole; POPE is sampled, as many "No" as "Yes"
 
@@ -47,25 +47,16 @@ def merge_labels(out_file: str | Path, sources: list[str | Path]) -> dict:
     """Write one labels file (the vision stage's `LabelDataset`) holding the views of every source directory's
     labels.json, image and mask paths made relative to OUT_FILE's folder; the sources must share classes and groups."""
     out = Path(out_file)
-    head, records = None, []
+    first, records = None, []
     for source in map(Path, sources):
-        path = source / "labels.json"
-        try:
-            labels = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"{path} not found: each source is a `sim dataset` output directory") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"{path}: not a JSON labels file ({e})") from None
-        if not isinstance(labels, dict) or not isinstance(labels.get("records"), list):
-            raise InputError(f"{path}: a labels file is {{'classes': [...], 'groups': {{...}}, 'records': [...]}}")
-        this_head = {"classes": labels.get("classes"), "groups": labels.get("groups", {})}
-        if head is not None and this_head != head:
-            raise InputError(f"{path}: its classes or groups differ from {sources[0]}'s; views labelled differently cannot share a head")
-        head = this_head
+        labels = read_labels(source / "labels.json")
+        if first is not None and (labels["classes"], labels["groups"]) != (first["classes"], first["groups"]):
+            raise InputError(f"{source / 'labels.json'}: its classes or groups differ from {sources[0]}'s; views labelled differently cannot share a head")
+        first = first or labels
         prefix = Path(os.path.relpath(source, out.parent))
         records += [{**r, "image": str(prefix / r["image"]), "mask": str(prefix / r["mask"])} for r in labels["records"]]
     if not records:
         raise InputError("no labelled views in the sources")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**head, "records": records}))
+    out.write_text(json.dumps({"classes": first["classes"], "groups": first["groups"], "records": records}))
     return {"out": str(out), "sources": len(sources), "views": len(records)}

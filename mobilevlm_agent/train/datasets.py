@@ -194,6 +194,24 @@ class ConversationDataset(Dataset):
         return {"ids": ids[:budget], "labels": labels[:budget], "pixels": pixels}
 
 
+def read_labels(path: str | Path) -> dict:
+    """A labels file (`sim dataset`'s labels.json), checked: {"classes": [...], "groups": {name: [class, ...]} (may be
+    empty), "records": [...]}."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{p}: labels file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{p}: not a JSON labels file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list) or not isinstance(data.get("classes"), list):
+        raise InputError(f"{p}: a labels file is {{'classes': [...], 'records': [{{'image', 'mask', 'objects'}}, ...]}}")
+    groups, num_classes = data.get("groups", {}), len(data["classes"])
+    if not isinstance(groups, dict) or not all(isinstance(g, list) and g and all(isinstance(c, int) and 0 <= c < num_classes for c in g) for g in groups.values()):
+        raise InputError(f"{p}: 'groups' must map names to lists of class indices below {num_classes}")
+    return {"classes": data["classes"], "groups": groups, "records": data["records"]}
+
+
 class LabelDataset(Dataset):
     """Images with object masks (`sim dataset`'s labels.json): the vision stage's dense targets.
 
@@ -210,13 +228,8 @@ class LabelDataset(Dataset):
     def __init__(self, path: str | Path, image_size: int, grid: int, image_folder: str | Path = "", pad_to_square: bool = True, mirror: bool = False,
                  cache_mb: int = 0) -> None:
         self.path = Path(path)
-        data = json.loads(self.path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or not isinstance(data.get("records"), list) or not isinstance(data.get("classes"), list):
-            raise InputError(f"{path}: a labels file is {{'classes': [...], 'records': [{{'image', 'mask', 'objects'}}, ...]}}")
-        self.records, self.num_classes = data["records"], len(data["classes"])
-        self.groups = data.get("groups", {})
-        if not isinstance(self.groups, dict) or not all(isinstance(g, list) and g and all(isinstance(c, int) and 0 <= c < self.num_classes for c in g) for g in self.groups.values()):
-            raise InputError(f"{path}: 'groups' must map names to lists of class indices below {self.num_classes}")
+        data = read_labels(self.path)
+        self.records, self.num_classes, self.groups = data["records"], len(data["classes"]), data["groups"]
         self.image_size, self.grid, self.pad_to_square = image_size, grid, pad_to_square
         self.image_folder = Path(image_folder) if image_folder else self.path.parent
         self.mirror = mirror
