@@ -1,10 +1,13 @@
 """CLIP ViT vision tower: pre-LN, quick_gelu, class token; runs only the layers up to the selected one."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilevlm_agent.errors import ConfigError
 from mobilevlm_agent.model.config import VisionConfig
 
 
@@ -60,6 +63,18 @@ class CLIPEmbeddings(nn.Module):
         cls = self.class_embedding.expand(patches.shape[0], 1, -1)
         return torch.cat([cls, patches], dim=1) + self.position_embedding.weight
 
+    @torch.no_grad()
+    def resize(self, grid: int) -> None:
+        """Take a grid x grid patch input: the patch positions' table is resampled (bicubic, as the ViT papers do
+        when fine-tuning at a higher resolution); the class token's position stays."""
+        table = self.position_embedding.weight
+        old = int(round((table.shape[0] - 1) ** 0.5))
+        patches = table[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+        patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
+        patches = patches.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(table.dtype)
+        self.position_embedding = nn.Embedding(grid * grid + 1, table.shape[1], device=table.device, dtype=table.dtype)
+        self.position_embedding.weight.copy_(torch.cat([table[:1], patches]))
+
 
 class CLIPEncoder(nn.Module):
     def __init__(self, cfg: VisionConfig, num_layers: int) -> None:
@@ -79,6 +94,15 @@ class CLIPVisionTower(nn.Module):
         self.embeddings = CLIPEmbeddings(cfg)
         self.pre_layrnorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)  # HF's spelling, kept for key names
         self.encoder = CLIPEncoder(cfg, num_layers)
+
+    def resize(self, image_size: int) -> VisionConfig:
+        """Change the input resolution (fine-tuning at a new size); returns the new config."""
+        cfg = dataclasses.replace(self.config, image_size=image_size)
+        if cfg.grid_size < 2:
+            raise ConfigError(f"image_size {image_size} gives fewer than 2 x 2 patches of {cfg.patch_size} px")
+        self.embeddings.resize(cfg.grid_size)
+        self.config = cfg
+        return cfg
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.pre_layrnorm(self.embeddings(pixel_values.to(self.pre_layrnorm.weight.dtype)))

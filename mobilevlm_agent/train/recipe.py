@@ -65,6 +65,7 @@ class Recipe:
     grad_checkpointing: bool = False
     strategy: str = "ddp"  # ddp | zero1 (ZeroRedundancyOptimizer) | fsdp
     train_vision: bool = False  # the vision tower is frozen in every official stage
+    image_size: int = 0  # fine-tune at a new input resolution (position embeddings resampled); 0 keeps the model's
     vision_pooled_weight: float = 0.0  # vision stage: weight of the per-region pooled group term (VisionForward)
 
     def validate(self, world_size: int = 1) -> None:
@@ -84,6 +85,8 @@ class Recipe:
             problems.append(f"stage {self.stage} needs data.kind multimodal, got {self.data.kind}")
         if self.vision_pooled_weight < 0 or (self.vision_pooled_weight and self.stage != "vision"):
             problems.append(f"vision_pooled_weight {self.vision_pooled_weight} must be >= 0, and only the vision stage has that term")
+        if self.image_size < 0:
+            problems.append(f"image_size {self.image_size} is negative")
         if self.data.cache_mb < 0:
             problems.append(f"data.cache_mb {self.data.cache_mb} is negative")
         if self.strategy not in ("ddp", "zero1", "fsdp"):

@@ -231,6 +231,19 @@ def test_vision_stage_learns_labels_and_trains_only_vision_and_projector(data_wo
     assert any(not torch.equal(after[k], init[k]) for k in after if k.startswith("projector."))
 
 
+def test_vision_stage_at_a_new_image_size_saves_a_model_that_loads_at_that_size(data_world, tmp_path):
+    """`image_size` fine-tunes at a new resolution: 112 px (8 x 8 patches, 16 visual tokens) -> 140 px (10 x 10, 25)."""
+    from mobilevlm_agent.train.loop import fit
+
+    recipe = load_recipe("demo-stagev", overrides(data_world, model="tiny-vlm-v2", data__path=data_world["labels"], max_steps=4, data__mirror=False,
+                                                    micro_batch=4, global_batch=4, data__num_workers=0, optim__warmup_steps=1, image_size=140))
+    model = MobileVLM.from_pretrained(fit(recipe, tmp_path / "sv"))
+    assert model.config.vision.image_size == 140 and model.config.num_visual_tokens == 25
+    assert model.encode_images(torch.zeros(1, 3, 140, 140)).shape == (1, 25, model.config.llm.hidden_size)
+    with pytest.raises(ConfigError, match="image_size -1"):
+        load_recipe("demo-stagev", overrides(data_world, data__path=data_world["labels"], image_size=-1)).resolve(1)
+
+
 def test_vision_probe_scores_what_the_tokens_learned(data_world, tmp_path):
     """`eval vision` on a vision stage trained with class groups: each object's colour and shape are read back from
     its own cells; a blank head (every class alike) reads only the first class of each group; a labels file without
