@@ -165,6 +165,7 @@ def test_image_cache_gives_the_decoded_pixels_and_keeps_to_its_budget(tmp_path):
         for p in paths:
             assert torch.equal(cache.pixels(p), preprocess(load_image(p), 56, pad_to_square=True)[0])
     assert cache.misses == 3 and cache.used == 3 * 56 * 56 * 3
+    assert all(np.shares_memory(kept, cache._slab) for kept in cache._fitted.values())  # one block: no heap fragments
     tight = ImageCache(56, pad_to_square=True, budget_mb=2.5 * one_image_mb)  # room for two
     for _ in range(2):
         for p in paths:
@@ -172,7 +173,7 @@ def test_image_cache_gives_the_decoded_pixels_and_keeps_to_its_budget(tmp_path):
     assert tight.misses == 4 and tight.used == 2 * 56 * 56 * 3
     off = ImageCache(56, pad_to_square=True)
     off.pixels(paths[0]), off.pixels(paths[0])
-    assert off.misses == 2 and off.used == 0
+    assert off.misses == 2 and off.used == 0 and off._slab is None
 
 
 def test_cached_label_dataset_matches_the_uncached_one(data_world):
