@@ -5,6 +5,7 @@ run sees exactly the samples an uninterrupted one would.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import re
@@ -121,14 +122,27 @@ def mirror_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.flip(-1)
 
 
+def fix_mmap_threshold(size: int = 128 * 1024) -> None:
+    """glibc: every buffer of `size` bytes or more gets its own mmap, returned to the system when freed.
+
+    glibc's default raises that threshold as such buffers are freed, after which a DataLoader worker that keeps
+    images while it decodes and sends others fragments its heap without bound: a 224 px 2b run's worker reached 24 GB
+    on a 4 GB cache and thrashed. Fixed, its memory stays the cache plus ~0.5 GB. A no-op without glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    M_MMAP_THRESHOLD = -3
+    libc.mallopt(M_MMAP_THRESHOLD, size)
+
+
 class ImageCache:
     """Training images decoded and resized once per process, kept as uint8 up to `budget_mb` (0: none kept).
 
     After the first epoch a sample costs a normalise instead of a PNG decode and a bicubic resize, which is most of
     a small model's step on 2 cores (8 ms an image against 5 ms of compute). Images past the budget are decoded
-    every time, and `misses` counts those decodes. The kept images live in one slab allocated at the first store:
-    kept one by one among the decode's short-lived buffers, they fragmented the heap to 2-6x their size (a 2b run at
-    224 px grew its worker to 24 GB on a 4 GB budget).
+    every time, and `misses` counts those decodes. The kept images live in one slab allocated at the first store.
     """
 
     def __init__(self, image_size: int, pad_to_square: bool, budget_mb: float = 0) -> None:
@@ -146,6 +160,7 @@ class ImageCache:
             fitted = fit_image(load_image(path), self.image_size, self.pad_to_square)
             if self.used + fitted.nbytes <= self.budget:
                 if self._slab is None:
+                    fix_mmap_threshold()
                     self._slab = np.empty(self.budget, dtype=np.uint8)  # pages are committed only when written
                 kept = self._slab[self.used : self.used + fitted.nbytes].reshape(fitted.shape)
                 kept[...] = fitted
