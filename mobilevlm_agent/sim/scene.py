@@ -105,7 +105,7 @@ class Difficulty:
     same_shape_distractors: int = 1  # objects sharing the target's shape, different colour
     clutter: float = 0.0  # 0..1: shrinks the spacing between objects
     room_range: tuple[float, float] = (4.5, 6.0)
-    size_range: tuple[float, float] = (0.14, 0.24)  # half-extent, metres: big enough to resolve at the demo model's 168 px
+    size_range: tuple[float, float] = (0.14, 0.24)  # half-extent, metres: big enough to resolve at the demo model's input (chosen at 168 px)
 
 
 def generate_scene(seed: int, difficulty: Difficulty = Difficulty()) -> SceneSpec:

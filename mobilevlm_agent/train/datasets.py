@@ -245,7 +245,7 @@ class LabelDataset(Dataset):
     left-right, image and targets. With `cache_mb`, images (see ImageCache) and targets are computed once per process.
     """
 
-    MIN_COVER = 0.005  # of a cell: ~14 px of a 320x240 frame at a 6x6 grid, enough for a distant ball
+    MIN_COVER = 0.005  # of a cell: ~14 px of a 320x240 frame at a 6x6 grid (8 px at 8x8), enough for a distant ball
 
     def __init__(self, path: str | Path, image_size: int, grid: int, image_folder: str | Path = "", pad_to_square: bool = True, mirror: bool = False,
                  cache_mb: int = 0) -> None:
