@@ -40,10 +40,11 @@ def build_model(recipe: Recipe) -> MobileVLM:
         model.tokenizer = Tokenizer(recipe.tokenizer)
     for part, source in recipe.init_from.items():
         load_part(model, part, source)
-    if recipe.image_size and model.vision is not None and recipe.image_size != model.config.vision.image_size:
-        model.config = dataclasses.replace(model.config, vision=model.vision.resize(recipe.image_size))
-    elif recipe.image_size and model.vision is None:
-        raise ConfigError(f"image_size {recipe.image_size}: {model.config.name} has no vision tower")
+    if recipe.image_size:
+        if model.vision is None:
+            raise ConfigError(f"image_size {recipe.image_size}: {model.config.name} has no vision tower")
+        if recipe.image_size != model.config.vision.image_size:
+            model.config = dataclasses.replace(model.config, vision=model.vision.resize(recipe.image_size))
     if recipe.stage in ("sft", "finetune"):  # the saved model chats in the template it was fine-tuned on
         model.config = dataclasses.replace(model.config, conv_template=recipe.data.template)
     if model.tokenizer is None:

@@ -119,4 +119,3 @@ def test_non_square_token_count_is_rejected():
 def test_unknown_projector_type_is_rejected():
     with pytest.raises(ValueError, match="unknown mm_projector_type 'qformer'"):
         build_projector("qformer", 8, 16)
-
