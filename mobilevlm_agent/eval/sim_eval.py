@@ -58,7 +58,8 @@ CHOICES = {"pope": ("Yes", "No"), "colour": tuple(COLOURS), "shape": SHAPES}
 
 
 def question_set(episodes: int, seed: int) -> list[tuple[np.ndarray, dict]]:
-    """(image, question) pairs from held-out scenes; POPE positives are balanced with each split's negatives."""
+    """(image, question) pairs from held-out scenes; POPE positives are balanced with each split's negatives.
+    A colour or shape question also carries `pixels`: how much of the image its object covers."""
     rng, env, out = random.Random(seed), SimEnv(), []
     for e in range(episodes):
         env.reset(seed=HELD_OUT + seed * 1000 + e)
@@ -66,24 +67,47 @@ def question_set(episodes: int, seed: int) -> list[tuple[np.ndarray, dict]]:
             env.teleport(*view_towards(rng, env))
             visible = env.visible_objects()
             if visible:
-                image = env.render()
-                out += [(image, qa) for qa in qa_samples(rng, env, visible, popular=[]) if qa["kind"] in CHOICES]
+                image, pixels = env.render(), env.object_pixels()
+                out += [(image, {**qa, "pixels": pixels[qa["object"]]} if "object" in qa else qa)
+                        for qa in qa_samples(rng, env, visible, popular=[]) if qa["kind"] in CHOICES]
     env.close()
     return out
+
+
+# Object sizes (camera pixels of a 320x240 frame) that colour/shape accuracy is broken down by: most errors left
+# are on small objects, which the vision tower sees in a patch or less.
+SIZE_BINS = (150, 500, 2000)
+
+
+def size_bin(pixels: int) -> str:
+    low = max([0, *(b for b in SIZE_BINS if b <= pixels)])
+    high = min([b for b in SIZE_BINS if b > pixels], default=None)
+    return f"{low}-{high - 1} px" if high else f">={low} px"
+
+
+def accuracy_by_size(scored: list[tuple[int, bool]]) -> dict:
+    """(pixels, right) of each question -> {bin: {questions, accuracy}}, bins in size order, empty ones left out."""
+    bins: dict[str, list[bool]] = {}
+    for pixels, right in sorted(scored):
+        bins.setdefault(size_bin(pixels), []).append(right)
+    return {name: {"questions": len(rights), "accuracy": sum(rights) / len(rights)} for name, rights in bins.items()}
 
 
 def answer_all(questions, answer) -> dict:
     """Score an answering function on the question set: POPE per split, colour/shape accuracy."""
     pope: dict[str, list] = defaultdict(list)
-    positives, qa = [], []
+    positives, qa, sized = [], [], []
     for image, q in questions:
         prediction = answer(image, q)
         if q["kind"] == "pope":
             (positives if q["split"] == "positive" else pope[q["split"]]).append((q["a"], prediction))
         else:
             qa.append(prediction == q["a"])
+            if "pixels" in q:
+                sized.append((q["pixels"], qa[-1]))
     return {"pope": {split: pope_metrics(pairs + positives[: len(pairs)]) for split, pairs in pope.items()},
-            "qa_accuracy": sum(qa) / max(1, len(qa)), "qa_ci95": wilson_interval(sum(qa), len(qa)), "qa_questions": len(qa)}
+            "qa_accuracy": sum(qa) / max(1, len(qa)), "qa_ci95": wilson_interval(sum(qa), len(qa)), "qa_questions": len(qa),
+            "qa_by_size": accuracy_by_size(sized)}
 
 
 def nav_outcome(env, target, episode) -> str:
@@ -179,6 +203,8 @@ def format_table(report: dict) -> str:
                 rows.append((f"{name} (camera only)", "", "", *nav_cells(r["nav_camera_only"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    if report.get("model", {}).get("qa_by_size"):
+        lines.append("model QA by object size: " + ", ".join(f"{b} {r['accuracy']:.2f} ({r['questions']})" for b, r in report["model"]["qa_by_size"].items()))
     for name in ("model", "oracle", "random"):
         if "outcomes" in report.get(name, {}).get("nav", {}):
             lines.append(f"{name} episodes ended: " + ", ".join(f"{k} {v}" for k, v in report[name]["nav"]["outcomes"].items()))

@@ -105,9 +105,9 @@ def qa_samples(rng: random.Random, env: SimEnv, visible: list[ObjectSpec], popul
     shapes, colours = Counter(o.shape for o in glimpsed), Counter(o.colour for o in glimpsed)
     for obj in visible:
         if shapes[obj.shape] == 1:
-            out.append({"q": colour_question(obj.shape), "a": obj.colour, "kind": "colour"})
+            out.append({"q": colour_question(obj.shape), "a": obj.colour, "kind": "colour", "object": obj.name})
         if colours[obj.colour] == 1:
-            out.append({"q": shape_question(obj.colour), "a": obj.shape, "kind": "shape"})
+            out.append({"q": shape_question(obj.colour), "a": obj.shape, "kind": "shape", "object": obj.name})
     return out
 
 

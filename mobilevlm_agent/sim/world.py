@@ -233,8 +233,14 @@ class SimEnv:
         assert self.scene is not None
         if min_pixels is None:
             min_pixels = max(1, self.config.width * self.config.height // 2000)
+        counts = self.object_pixels()
+        return [obj for obj in self.scene.objects if counts[obj.name] >= min_pixels]
+
+    def object_pixels(self) -> dict[str, int]:
+        """How many camera pixels each scene object covers now (0 when out of view or hidden), by object name."""
+        assert self.scene is not None
         counts = np.bincount(self.object_mask().ravel() + 1, minlength=len(self.scene.objects) + 1)[1:]
-        return [obj for obj, n in zip(self.scene.objects, counts) if n >= min_pixels]
+        return {obj.name: int(n) for obj, n in zip(self.scene.objects, counts)}
 
     def nav_success(self, obj: ObjectSpec) -> bool:
         """Within 0.6 m of the target, facing it (within 30 degrees), stopped, and never collided."""
