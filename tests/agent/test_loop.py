@@ -85,19 +85,15 @@ def test_wilson_interval_matches_published_values():
     assert wilson_interval(0, 0) == [0.0, 1.0]  # nothing measured: nothing known
 
 
-def test_qa_by_size_scores_each_question_at_its_own_objects_size():
+def test_qa_by_size_scores_each_question_at_its_own_objects_size(env):
     """Each colour/shape question carries the pixel count of the object it asks about (the one with the answered
     colour or shape); an answerer that only gets objects of 500 px or more right scores 0 below and 1 above."""
     questions = question_set(3, seed=5)
     sized = [q for _, q in questions if q["kind"] in ("colour", "shape")]
     assert sized and all(q["pixels"] >= 38 for q in sized)  # visible: at least 1/2000 of the 320x240 frame
     assert {q["pixels"] < 500 for q in sized} == {True, False}  # both sides of the cut are exercised
-    env = SimEnv()
-    try:
-        env.reset(seed=HELD_OUT + 5 * 1000)  # question_set's first scene; its questions come first
-        by_name = {o.name: o for o in env.scene.objects}
-    finally:
-        env.close()
+    env.reset(seed=HELD_OUT + 5 * 1000)  # question_set's first scene; its questions come first
+    by_name = {o.name: o for o in env.scene.objects}
     first_scene = [q for _, q in questions[: len(question_set(1, seed=5))] if "object" in q]
     assert first_scene and all(q["a"] == getattr(by_name[q["object"]], q["kind"]) for q in first_scene)
     report = answer_all(questions, lambda image, q: q["a"] if q.get("pixels", 0) >= 500 else "wrong")
@@ -105,10 +101,8 @@ def test_qa_by_size_scores_each_question_at_its_own_objects_size():
     assert sum(b["questions"] for b in by_size.values()) == report["qa_questions"] == len(sized)
     for name, b in by_size.items():
         assert b["accuracy"] == (1.0 if name in ("500-1999 px", ">=2000 px") else 0.0)
-    assert "QA by object size" in format_table({"model": {**report, "nav": NO_NAV}})
-
-
-NO_NAV = {"success_rate": 0.0, "spl": 0.0, "collisions": 0, "mean_steps": 0.0, "decisions_per_s": 0.0}
+    no_nav = {"success_rate": 0.0, "spl": 0.0, "collisions": 0, "mean_steps": 0.0, "decisions_per_s": 0.0}
+    assert "QA by object size" in format_table({"model": {**report, "nav": no_nav}})
 
 
 @pytest.mark.slow
