@@ -234,6 +234,9 @@ def read_labels(path: str | Path) -> dict:
     return {"classes": data["classes"], "groups": groups, "records": data["records"]}
 
 
+DOMINANT = 0.25  # of a cell: covered this much, a cell shows enough of its object to tell its colour and shape
+
+
 class LabelDataset(Dataset):
     """Images with object masks (`sim dataset`'s labels.json): the vision stage's dense targets.
 
@@ -243,13 +246,19 @@ class LabelDataset(Dataset):
     classes]: the fraction of a visual token's cell (row-major, as the tokens) that an object of that class covers,
     under the same padding as the image, 0 below MIN_COVER. `mirror` doubles it: index n + i is record i mirrored
     left-right, image and targets. With `cache_mb`, images (see ImageCache) and targets are computed once per process.
+
+    With `small_objects`, an object that covers less than DOMINANT of every cell counts as covering DOMINANT of the
+    cell that holds most of it. The vision stage's colour/shape term only looks at cells covered DOMINANT or more, so
+    without it an object under about a quarter of a cell (under ~400 px of a 320x240 frame at an 8x8 grid) never
+    has its colour or shape named, only its presence.
     """
 
     MIN_COVER = 0.005  # of a cell: ~14 px of a 320x240 frame at a 6x6 grid (8 px at 8x8), enough for a distant ball
 
     def __init__(self, path: str | Path, image_size: int, grid: int, image_folder: str | Path = "", pad_to_square: bool = True, mirror: bool = False,
-                 cache_mb: int = 0) -> None:
+                 cache_mb: int = 0, small_objects: bool = False) -> None:
         self.path = Path(path)
+        self.small_objects = small_objects
         data = read_labels(self.path)
         self.records, self.num_classes, self.groups = data["records"], len(data["classes"]), data["groups"]
         self.image_size, self.grid, self.pad_to_square = image_size, grid, pad_to_square
@@ -296,6 +305,8 @@ class LabelDataset(Dataset):
         for k, classes in objects.items():
             cover = cv2.resize((square == int(k)).astype(np.float32), (self.grid, self.grid), interpolation=cv2.INTER_AREA)
             cover = torch.from_numpy(np.where(cover >= self.MIN_COVER, cover, 0.0).ravel())
+            if self.small_objects and 0 < cover.max() < DOMINANT:
+                cover[cover.argmax()] = DOMINANT
             for c in classes:
                 target[:, int(c)] = torch.maximum(target[:, int(c)], cover)
         return target

@@ -22,7 +22,7 @@ from mobilevlm_agent.model.random_init import random_model
 from mobilevlm_agent.model.vlm import MobileVLM
 from mobilevlm_agent.tokenizer import IGNORE_INDEX, Tokenizer
 from mobilevlm_agent.train import dist
-from mobilevlm_agent.train.datasets import ConversationDataset, LabelDataset, PackedDataset, StepSampler, collate
+from mobilevlm_agent.train.datasets import DOMINANT, ConversationDataset, LabelDataset, PackedDataset, StepSampler, collate
 from mobilevlm_agent.train.lora import apply_lora, merge_lora
 from mobilevlm_agent.train.recipe import Recipe, load_recipe, to_dict
 
@@ -105,7 +105,7 @@ def build_dataset(recipe: Recipe, model: MobileVLM):
         if vision is None:
             raise ConfigError(f"the vision stage needs a multimodal model, {model.config.name} is text-only")
         return LabelDataset(d.path, vision.image_size, math.isqrt(model.config.num_visual_tokens), d.image_folder,
-                            pad_to_square=d.image_aspect_ratio == "pad", mirror=d.mirror, cache_mb=d.cache_mb)
+                            pad_to_square=d.image_aspect_ratio == "pad", mirror=d.mirror, cache_mb=d.cache_mb, small_objects=d.small_objects)
     return ConversationDataset(
         d.path, model.tokenizer, d.template, d.seq_len,
         image_size=vision.image_size if vision else 0, visual_tokens=model.config.num_visual_tokens,
@@ -165,8 +165,6 @@ class VisionForward(torch.nn.Module):
     tell a cube from a cylinder on its own; averaged, the region's edge cells can carry the answer for it. Measured on
     the demo model: no better than training as long without it (models/demo/MODEL_CARD.md), so its recipe leaves it off."""
 
-    DOMINANT = 0.25  # of a cell: covered this much, a cell shows enough of its object to tell the group's class
-
     def __init__(self, model: MobileVLM, num_classes: int, groups: dict[str, list[int]] | None = None, pooled_weight: float = 0.0) -> None:
         super().__init__()
         self.model = model
@@ -184,7 +182,7 @@ class VisionForward(torch.nn.Module):
         for group in self.groups:
             part = cover[..., group]
             total = part.sum(-1)
-            shown = total >= self.DOMINANT
+            shown = total >= DOMINANT
             if shown.any():
                 loss = loss + F.cross_entropy(logits[..., group][shown], part[shown] / total[shown, None])
             if self.pooled_weight:
@@ -193,7 +191,7 @@ class VisionForward(torch.nn.Module):
 
     def pooled_term(self, logits: torch.Tensor, part: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
         """logits, part: [B, tokens, group size]; total: [B, tokens]. Cross-entropy of each region's mean logits."""
-        alone = ((part >= self.DOMINANT) & (total[..., None] - part <= 0)).float()  # no other class of the group there
+        alone = ((part >= DOMINANT) & (total[..., None] - part <= 0)).float()  # no other class of the group there
         cells = alone.sum(1)  # [B, group size]
         shown = cells > 0
         if not shown.any():

@@ -24,6 +24,7 @@ class DataArgs:
     num_workers: int = 0  # DataLoader workers (images are decoded there)
     mirror: bool = False  # images: also train on each one mirrored left-right, left/right swapped in its text
     cache_mb: int = 0  # images: keep this many MB of decoded, resized images per worker (0: decode every time)
+    small_objects: bool = False  # vision stage: name the colour/shape of objects too small to dominate a cell (LabelDataset)
 
 
 @dataclass

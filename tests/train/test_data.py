@@ -151,6 +151,28 @@ def test_vision_targets_follow_the_mask_through_the_padding(tmp_path):
             LabelDataset(tmp_path / "labels.json", image_size=56, grid=4)
 
 
+def test_small_objects_get_a_dominant_cell_only_when_asked(tmp_path):
+    """A 20x20 px object inside one 80x80 cell covers 1/16 of it, under DOMINANT: by default it stays at 1/16 (the
+    colour/shape term never sees it); with small_objects the cell holding it counts as DOMINANT, and an object that
+    already dominates a cell, or one under MIN_COVER, is left as it is."""
+    from mobilevlm_agent.train.datasets import DOMINANT
+
+    mask = np.zeros((240, 320), np.uint8)
+    mask[60:80, 100:120] = 1  # padded rows 100..120, columns 100..120: cell (1, 1) only
+    mask[160:200, 240:] = 2  # half of cell (2, 3)
+    mask[10:12, 10:12] = 3  # 4 px: under MIN_COVER
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    cv2.imwrite(str(tmp_path / "i.png"), np.zeros((240, 320, 3), np.uint8))
+    (tmp_path / "labels.json").write_text(json.dumps({"classes": ["a", "b", "c"], "records": [
+        {"image": "i.png", "mask": "m.png", "objects": {"1": [0], "2": [1], "3": [2]}}]}))
+    plain = LabelDataset(tmp_path / "labels.json", image_size=56, grid=4)[0]["labels"].reshape(4, 4, 3)
+    small = LabelDataset(tmp_path / "labels.json", image_size=56, grid=4, small_objects=True, mirror=True)
+    raised, mirrored = (small[i]["labels"].reshape(4, 4, 3) for i in (0, 1))
+    assert plain[1, 1, 0] == pytest.approx(1 / 16) and raised[1, 1, 0] == DOMINANT and mirrored[1, 2, 0] == DOMINANT
+    assert torch.equal(raised[..., 1:], plain[..., 1:]) and raised[..., 0].count_nonzero() == 1
+    assert plain[2, 3, 1] == pytest.approx(0.5) and raised[..., 2].sum() == 0
+
+
 def test_image_cache_gives_the_decoded_pixels_and_keeps_to_its_budget(tmp_path):
     """Cached pixels equal a fresh decode; a second read of a kept image decodes nothing, images past the budget
     are decoded (and counted) every time, and budget 0 keeps nothing."""

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from conftest import overrides
 from mobilevlm_agent.errors import ConfigError
 from mobilevlm_agent.model.vlm import MobileVLM
+from mobilevlm_agent.train.datasets import DOMINANT
 from mobilevlm_agent.train.loop import main as train_main
 from mobilevlm_agent.train.recipe import load_recipe
 
@@ -298,7 +299,7 @@ def test_vision_group_term_teaches_the_class_of_mostly_covered_cells_only():
         loss.backward()
         return loss.item(), forward.head.bias.grad.clone()
 
-    sliver = VisionForward.DOMINANT / 2
+    sliver = DOMINANT / 2
     assert loss_and_bias_grad(grouped, sliver)[0] == pytest.approx(loss_and_bias_grad(plain, sliver)[0])
     (l_plain, g_plain), (l_grouped, g_grouped) = loss_and_bias_grad(plain, 0.8), loss_and_bias_grad(grouped, 0.8)
     assert l_grouped > l_plain
@@ -316,7 +317,7 @@ def test_vision_pooled_term_scores_the_mean_logits_of_each_single_class_region()
     part = torch.zeros(1, 5, 2)
     part[0, 0, 0] = part[0, 1, 0] = 0.8  # a region of class 0: cells 0 and 1
     part[0, 2] = torch.tensor([0.5, 0.5])  # shared by both classes: in neither region
-    part[0, 3, 1] = VisionForward.DOMINANT / 2  # a sliver of class 1
+    part[0, 3, 1] = DOMINANT / 2  # a sliver of class 1
     part[0, 4, 1] = 0.9  # a region of class 1: cell 4
     logits = torch.randn(1, 5, 2, requires_grad=True)
     term = forward.pooled_term(logits, part, part.sum(-1))
