@@ -250,7 +250,8 @@ class LabelDataset(Dataset):
     With `small_objects`, an object that covers less than DOMINANT of every cell counts as covering DOMINANT of the
     cell that holds most of it. The vision stage's colour/shape term only looks at cells covered DOMINANT or more, so
     without it an object under about a quarter of a cell (under ~400 px of a 320x240 frame at an 8x8 grid) never
-    has its colour or shape named, only its presence.
+    has its colour or shape named, only its presence. Measured on the demo model: no better in 3000 steps
+    (models/demo/MODEL_CARD.md), so its recipes leave it off.
     """
 
     MIN_COVER = 0.005  # of a cell: ~14 px of a 320x240 frame at a 6x6 grid (8 px at 8x8), enough for a distant ball
