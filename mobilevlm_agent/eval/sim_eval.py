@@ -16,6 +16,7 @@ from mobilevlm_agent.agent.oracle_planner import OraclePlanner
 from mobilevlm_agent.agent.planner import ModelPlanner, RandomPlanner, likeliest_choice
 from mobilevlm_agent.agent.safety import SafetyGovernor, SafetyLimits
 from mobilevlm_agent.chat import ChatSession
+from mobilevlm_agent.eval.vision_probe import size_bucket
 from mobilevlm_agent.model.vlm import MobileVLM
 from mobilevlm_agent.sim.dataset import HELD_OUT, NAV_TEMPLATES, qa_samples, random_pose, view_towards
 from mobilevlm_agent.sim.oracle import ARRIVE
@@ -74,22 +75,12 @@ def question_set(episodes: int, seed: int) -> list[tuple[np.ndarray, dict]]:
     return out
 
 
-# Object sizes (camera pixels of a 320x240 frame) that colour/shape accuracy is broken down by: most errors left
-# are on small objects, which the vision tower sees in a patch or less.
-SIZE_BINS = (150, 500, 2000)
-
-
-def size_bin(pixels: int) -> str:
-    low = max([0, *(b for b in SIZE_BINS if b <= pixels)])
-    high = min([b for b in SIZE_BINS if b > pixels], default=None)
-    return f"{low}-{high - 1} px" if high else f">={low} px"
-
-
 def accuracy_by_size(scored: list[tuple[int, bool]]) -> dict:
-    """(pixels, right) of each question -> {bin: {questions, accuracy}}, bins in size order, empty ones left out."""
+    """(pixels, right) of each question -> {bucket: {questions, accuracy}}, in size order, empty ones left out.
+    The buckets are `eval vision`'s: most errors left are on small objects, seen in a patch or less."""
     bins: dict[str, list[bool]] = {}
     for pixels, right in sorted(scored):
-        bins.setdefault(size_bin(pixels), []).append(right)
+        bins.setdefault(size_bucket(pixels), []).append(right)
     return {name: {"questions": len(rights), "accuracy": sum(rights) / len(rights)} for name, rights in bins.items()}
 
 

@@ -24,8 +24,11 @@ SIZE_BUCKETS = (500, 2000)  # pixels of the frame: small / medium / large, where
 
 
 def size_bucket(pixels: int) -> str:
-    lower = max([MIN_PIXELS, *(b for b in SIZE_BUCKETS if b <= pixels)])
-    upper = min([b for b in SIZE_BUCKETS if b > pixels], default=None)
+    """The object-size bucket of an object covering `pixels` of the frame; under MIN_PIXELS, "0-149 px" (`eval sim`
+    reports its QA there, the probe skips such objects)."""
+    bounds = (MIN_PIXELS, *SIZE_BUCKETS)
+    lower = max([0, *(b for b in bounds if b <= pixels)])
+    upper = min([b for b in bounds if b > pixels], default=None)
     return f"{lower}-{upper - 1} px" if upper else f">={lower} px"
 
 
