@@ -34,7 +34,7 @@ clean:
 # then 4000 more at a lower learning rate) -> questions from another 360 rooms added to that mix (4000 steps) -> the
 # vision stage again, from those weights, on the views of all 840 rooms (6000 steps) -> 4000 steps of 2b on it -> the
 # vision stage once more at 224 px instead of 168 (position table resampled; 64 visual tokens instead of 36) -> 4000
-# steps of 2b on it -> eval.
+# steps of 2b on it -> the vision stage again at 280 px (100 visual tokens; 4000 steps) -> 4000 steps of 2b on it -> eval.
 # The second `sim questions` rewrites data/balanced_questions.json (its own --base) as the larger mix, so a rerun of the
 # two runs before it alone must rerun the first `sim questions` too.
 DM := build/demo-model
@@ -65,8 +65,10 @@ demo-model: setup
 	$(MVA) train demo-stage2b --out $(DM)/vision2 --set model=$(DM)/sv2/model --set data.path=$(DM)/data/balanced_questions.json --set optim.lr=3e-4 --set optim.warmup_steps=20 --set max_steps=4000 --set save_every=1000
 	$(MVA) train demo-stagev --out $(DM)/sv224 --set model=$(DM)/vision2/model --set data.path=$(DM)/labels_rooms.json --set optim.lr=1e-3 --set optim.warmup_steps=100 --set image_size=224 --set data.cache_mb=4096
 	$(MVA) train demo-stage2b --out $(DM)/res224 --set model=$(DM)/sv224/model --set data.path=$(DM)/data/balanced_questions.json --set optim.lr=3e-4 --set optim.warmup_steps=20 --set max_steps=4000 --set save_every=1000 --set data.cache_mb=4096
-	for s in s0 s1 sv s2a s2b dagger1 dagger1b questions questions2 rooms720 sv2 vision2 sv224 res224; do $(MVA) plot $(DM)/$$s; done
-	mkdir -p models/demo && cp $(DM)/res224/model/config.json $(DM)/res224/model/model.safetensors $(DM)/res224/model/tokenizer.model models/demo/
-	$(MVA) plot $(DM)/s0 $(DM)/s1 $(DM)/sv $(DM)/s2a $(DM)/s2b $(DM)/dagger1 $(DM)/dagger1b $(DM)/questions $(DM)/questions2 $(DM)/rooms720 $(DM)/sv2 $(DM)/vision2 $(DM)/sv224 $(DM)/res224 --out models/demo/training_curves.png
+	$(MVA) train demo-stagev --out $(DM)/sv280 --set model=$(DM)/res224/model --set data.path=$(DM)/labels_rooms.json --set optim.lr=1e-3 --set optim.warmup_steps=100 --set image_size=280 --set max_steps=4000 --set save_every=1000 --set data.cache_mb=6144
+	$(MVA) train demo-stage2b --out $(DM)/res280 --set model=$(DM)/sv280/model --set data.path=$(DM)/data/balanced_questions.json --set optim.lr=3e-4 --set optim.warmup_steps=20 --set max_steps=4000 --set save_every=1000 --set data.cache_mb=6144
+	for s in s0 s1 sv s2a s2b dagger1 dagger1b questions questions2 rooms720 sv2 vision2 sv224 res224 sv280 res280; do $(MVA) plot $(DM)/$$s; done
+	mkdir -p models/demo && cp $(DM)/res280/model/config.json $(DM)/res280/model/model.safetensors $(DM)/res280/model/tokenizer.model models/demo/
+	$(MVA) plot $(DM)/s0 $(DM)/s1 $(DM)/sv $(DM)/s2a $(DM)/s2b $(DM)/dagger1 $(DM)/dagger1b $(DM)/questions $(DM)/questions2 $(DM)/rooms720 $(DM)/sv2 $(DM)/vision2 $(DM)/sv224 $(DM)/res224 $(DM)/sv280 $(DM)/res280 --out models/demo/training_curves.png
 	$(MVA) eval sim --model models/demo --episodes 20 --seed 7 --json > models/demo/eval.json
 	$(PY) -c "import json; from mobilevlm_agent.eval.sim_eval import format_table; print(format_table(json.load(open('models/demo/eval.json'))))" | tee $(DM)/eval.txt
