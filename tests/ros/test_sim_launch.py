@@ -1,12 +1,12 @@
 """The whole graph from launch/sim.launch.yaml with the bundled demo model: an instruction drives the robot to success.
 
-The launch file's default scene (7) is one the bundled model solves in-process (`make demo`: 10 steps with the bundled
+The launch file's default scene (7) is one the bundled model solves in-process (`make demo`: 9 steps with the bundled
 weights, 10 to 52 with earlier ones), so a failure here points at the graph. The graph is not step-for-step the
 in-process loop (frames, decisions and cmd_vel run asynchronously; the governor ramps at 20 Hz), so the model may still
 miss. Weights bundled earlier on 2026-12-04 reached the target in 5 of 5 runs (3 of 6 in scene 1), then in every
 test-suite run, and 4 of 4 runs; two more fine-tunes that day, in 4 of 4 runs each before the suite; a second vision
-stage (late 2026-12-04), in 4 of 4; the bundled ones (2026-12-05, 224 px), in 4 of 4. Scene 3, the former default,
-missed in every earlier CI run."""
+stage (late 2026-12-04), in 4 of 4; 224 px weights (2026-12-05), in 4 of 4; the bundled ones (280 px), in 4 of 4.
+Scene 3, the former default, missed in every earlier CI run."""
 from __future__ import annotations
 
 import json
