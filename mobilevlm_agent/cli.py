@@ -450,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint directory (answers the question; plans unless --planner oracle)")
     p.add_argument("--seed", type=int, default=0, help="scene seed")
     p.add_argument("--instruction", help="navigation instruction (default: go to the scene's target object)")
-    p.add_argument("--question", default="What do you see?", help="question about the first view")
+    # the demo model knows fixed phrasings: asked "What do you see?" it answers with a count
+    p.add_argument("--question", default="Describe the scene.", help="question about the first view")
     p.add_argument("--planner", choices=["model", "oracle"], help="who plans (default: model when --model is given, else oracle)")
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--out", default="build/demo", help="output directory (default build/demo)")
