@@ -317,7 +317,7 @@ def cmd_export_gguf(args: argparse.Namespace) -> int:
     """Export a checkpoint for llama.cpp: model-QUANT.gguf (MobileLLaMA) and mmproj-f16.gguf (ViT + LDP/LDPv2)."""
     from mobilevlm_agent.export.gguf import export_gguf
 
-    return print_written(export_gguf(args.model_dir, args.out_dir, args.quant))
+    return print_written(export_gguf(args.model_dir, args.out_dir, args.quant, args.llm_only))
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -485,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="checkpoint directory or bundled model name (e.g. demo)")
     p.add_argument("out_dir", help="output directory")
     p.add_argument("--quant", choices=["q4_0", "q8_0", "f16"], default="q4_0", help="LLM weights (default q4_0); the mmproj is f16")
+    p.add_argument("--llm-only", action="store_true", help="write the LLM file alone (no mmproj)")
 
     p = add("onnx", cmd_export_onnx, export)
     p.add_argument("model_dir", help="checkpoint directory or bundled model name (e.g. demo)")

@@ -24,6 +24,9 @@ LLM_TENSOR_NAMES = {
     "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
 }
 PROJECTOR_TYPES = {"ldpnet": "ldp", "ldpnetv2": "ldpv2"}
+# llama.cpp's LDP and LDPv2 graphs (clip.cpp) reshape the tower's output to a fixed 24 x 24 patch grid, MobileVLM's
+# 336 px / 14: an mmproj for any other grid aborts llama.cpp when it loads.
+LLAMA_CPP_LDP_GRID = 24
 
 
 def _gguf():
@@ -148,14 +151,25 @@ def clip_tensor_name(internal: str) -> str:
     return name
 
 
-def export_mmproj(model: MobileVLM, out: Path) -> Path:
-    """The vision tower + projector as llama.cpp's CLIP GGUF (f16 matrices, f32 vectors; convolutions always f16)."""
-    gguf = _gguf()
+def check_mmproj_exportable(model: MobileVLM) -> None:
     cfg = model.config
     if cfg.vision is None or model.vision is None:
         raise InputError(f"{cfg.name} is a text-only model: there is no vision tower to export")
     if cfg.projector_type not in PROJECTOR_TYPES:
         raise ConfigError(f"mmproj export supports LDP and LDPv2 projectors, not {cfg.projector_type!r}")
+    grid = cfg.vision.image_size // cfg.vision.patch_size
+    if grid != LLAMA_CPP_LDP_GRID:
+        raise ConfigError(f"{cfg.name}'s tower takes {cfg.vision.image_size} px ({grid} x {grid} patches), but llama.cpp's "
+                          f"LDP/LDPv2 graph is fixed at {LLAMA_CPP_LDP_GRID} x {LLAMA_CPP_LDP_GRID} "
+                          f"({LLAMA_CPP_LDP_GRID * cfg.vision.patch_size} px) and aborts on any other mmproj; "
+                          "export the LLM alone (--llm-only) or use `export onnx`")
+
+
+def export_mmproj(model: MobileVLM, out: Path) -> Path:
+    """The vision tower + projector as llama.cpp's CLIP GGUF (f16 matrices, f32 vectors; convolutions always f16)."""
+    gguf = _gguf()
+    cfg = model.config
+    check_mmproj_exportable(model)
     v = cfg.vision
     path = out / "mmproj-f16.gguf"
     writer = gguf.GGUFWriter(str(path), "clip")
@@ -200,14 +214,18 @@ def _finish(writer) -> None:
     writer.close()
 
 
-def export_gguf(model_dir: str, out_dir: str, quant: str = "q4_0") -> list[Path]:
-    """Both files for a VLM checkpoint, the LLM file alone for a text-only one."""
+def export_gguf(model_dir: str, out_dir: str, quant: str = "q4_0", llm_only: bool = False) -> list[Path]:
+    """Both files for a VLM checkpoint, the LLM file alone for a text-only one or with llm_only. A tower llama.cpp
+    cannot run is refused before anything is written."""
     from mobilevlm_agent.model.checkpoint import resolve_model_dir
 
     model = MobileVLM.from_pretrained(resolve_model_dir(model_dir), dtype=torch.float32, device="cpu")
+    with_mmproj = model.vision is not None and not llm_only
+    if with_mmproj:
+        check_mmproj_exportable(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [export_llm(model, out, quant)]
-    if model.vision is not None:
+    if with_mmproj:
         paths.append(export_mmproj(model, out))
     return paths

@@ -2,14 +2,27 @@
 conventions (interleaved RoPE pairs) that reproduces our logits, which proves the q/k permutation."""
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 gguf = pytest.importorskip("gguf")
 
-from mobilevlm_agent.export.gguf import export_gguf  # noqa: E402
+from conftest import write_official_checkpoint  # noqa: E402
+
+from mobilevlm_agent.errors import ConfigError  # noqa: E402
+from mobilevlm_agent.export.gguf import LLAMA_CPP_LDP_GRID, export_gguf  # noqa: E402
 from mobilevlm_agent.model.vlm import MobileVLM  # noqa: E402
+
+LLAMA_CPP_SIZE = LLAMA_CPP_LDP_GRID * 14  # the only tower size llama.cpp's LDP graphs take
+
+
+def at_size(model, image_size):
+    model.config = dataclasses.replace(model.config, vision=model.vision.resize(image_size))
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +30,7 @@ def tiny_vlm_v2_dir(tmp_path_factory, tokenizer_path):
     from mobilevlm_agent.model.random_init import random_model
     from mobilevlm_agent.tokenizer import Tokenizer
 
-    model = random_model("tiny-vlm-v2", seed=3)
+    model = at_size(random_model("tiny-vlm-v2", seed=3), LLAMA_CPP_SIZE)
     with torch.no_grad():  # sharp attention, so a wrong RoPE layout changes the logits (at init scale it would not)
         for layer in model.llm.layers:
             layer.self_attn.q_proj.weight.mul_(30)
@@ -115,9 +128,24 @@ def test_mmproj_gguf_names_and_metadata(tiny_vlm_v2_dir, tmp_path):
     np.testing.assert_allclose(tensors["v.blk.0.ffn_down.weight"], fc1, atol=1e-3)  # llama.cpp calls fc1 ffn_down
 
 
-def test_mmproj_gguf_for_ldp_v1(official_checkpoint, tmp_path):
-    tensors, fields = read(export_gguf(str(official_checkpoint), str(tmp_path), "f16")[1])
+def test_mmproj_gguf_for_ldp_v1(tiny_model, tokenizer_path, tmp_path):
+    ckpt = write_official_checkpoint(tmp_path / "MobileVLM-tiny", at_size(copy.deepcopy(tiny_model), LLAMA_CPP_SIZE), tokenizer_path)
+    tensors, fields = read(export_gguf(str(ckpt), str(tmp_path / "out"), "f16")[1])
     assert fields["clip.projector_type"] == "ldp"
     for name in ("mm.model.mlp.1.weight", "mm.model.mlp.3.bias", "mm.model.mb_block.1.block.0.0.weight", "mm.model.mb_block.1.block.1.fc1.weight",
                  "mm.model.mb_block.2.block.2.0.weight", "mm.model.mb_block.2.block.2.1.bias"):
         assert name in tensors, name
+
+
+def test_a_tower_llama_cpp_cannot_run_is_refused_before_anything_is_written(tokenizer_path, tmp_path):
+    """llama.cpp's LDP/LDPv2 graph is fixed at 24 x 24 patches: a 112 px tower's mmproj would abort it on load."""
+    from mobilevlm_agent.model.random_init import random_model
+    from mobilevlm_agent.tokenizer import Tokenizer
+
+    model = random_model("tiny-vlm-v2", seed=3)
+    model.tokenizer = Tokenizer(tokenizer_path)
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(ConfigError, match=r"112 px \(8 x 8 patches\).*24 x 24.*--llm-only"):
+        export_gguf(str(tmp_path / "m"), str(tmp_path / "out"), "f16")
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in export_gguf(str(tmp_path / "m"), str(tmp_path / "out"), "f16", llm_only=True)] == ["model-f16.gguf"]
