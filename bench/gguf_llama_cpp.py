@@ -1,8 +1,10 @@
 """Does llama.cpp itself run our GGUF export? Export MODEL_DIR's decoder at f16, q8_0 and q4_0, load each with
 llama-cpp-python, and print its last-position logits against our torch model's on the same prompt. Then load the
-mmproj through llama.cpp's mtmd and print its visual tokens against ours on three images. llama.cpp's LDP graphs take
-only a 24 x 24 patch grid (336 px), so a tower of another size is resampled to 336 px first (its positions
-interpolated, as `image_size` does), which is said in the output.
+mmproj through llama.cpp's mtmd and print its visual tokens against ours on three images, and against ours run in
+llama.cpp's own token order (its LLaVA graph appends the class token after the patches, so each patch takes its
+neighbour's position: a llama.cpp bug, not one of the export). llama.cpp's LDP graphs take only a 24 x 24 patch grid
+(336 px), so a tower of another size is resampled to 336 px first (its positions interpolated, as `image_size`
+does), which is said in the output.
 
     python bench/gguf_llama_cpp.py [MODEL_DIR] [--prompt TEXT]
 
@@ -74,15 +76,35 @@ def compare_mmproj(model, tmp: str) -> None:
     images = {"uniform grey": np.full((size, size, 3), 90, np.uint8),
               "smooth gradients": (np.stack([np.sin(3 * xx + 1), np.cos(2 * yy), np.sin(2 * xx * yy + 2)], -1) * 100 + 128).astype(np.uint8),
               "random noise": np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)}
-    print(f"{'image':18} {'tokens':>7} {'cosine vs ours: min':>20} {'mean':>7}")
+    print(f"{'image':18} {'tokens':>7} {'cosine vs ours: min':>20} {'mean':>7} {'vs ours in llama.cpp order: min':>32} {'mean':>7}")
     for name, image in images.items():
         theirs = mtmd_visual_tokens(mtmd, ctx, image, model.config.llm.hidden_size)
+        pixels = preprocess(image, size, pad_to_square=True)
         with torch.inference_mode():
-            ours = model.encode_images(preprocess(image, size, pad_to_square=True))[0].double().numpy()
-        cosine = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
-        print(f"{name:18} {len(theirs):7d} {cosine.min():20.5f} {cosine.mean():7.5f}")
+            ours = model.encode_images(pixels)[0].double().numpy()
+            reordered = encode_cls_last(model, pixels)[0].double().numpy()
+        same, bug = cosines(ours, theirs), cosines(reordered, theirs)
+        print(f"{name:18} {len(theirs):7d} {same.min():20.5f} {same.mean():7.5f} {bug.min():32.5f} {bug.mean():7.5f}")
     mtmd.mtmd_free(ctx)
     llm.close()
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def encode_cls_last(model, pixels: torch.Tensor) -> torch.Tensor:
+    """Our tower and projector in the order llama.cpp's LLaVA graph (0.3.36's) runs them: the class token appended
+    after the patches, positions added in row order, rows 1..n kept. CLIP puts the class token first, so there every
+    patch takes its neighbour's position, the first patch is dropped and the class token is sent as the last one."""
+    vision = model.vision
+    emb = vision.embeddings
+    patches = emb.patch_embedding(pixels).flatten(2).transpose(1, 2)
+    x = torch.cat([patches, emb.class_embedding.expand(1, 1, -1)], 1) + emb.position_embedding.weight
+    x = vision.pre_layrnorm(x)
+    for layer in vision.encoder.layers:
+        x = layer(x)
+    return model.projector(x[:, 1:])
 
 
 def mtmd_visual_tokens(mtmd, ctx, image: np.ndarray, hidden: int) -> np.ndarray:
