@@ -54,8 +54,6 @@ def main() -> int:
 
 def compare_mmproj(model, tmp: str) -> None:
     """Visual tokens from llama.cpp's mtmd (our mmproj-f16.gguf) against ours, per token, on images of size 336."""
-    import dataclasses
-
     import llama_cpp
     from llama_cpp import mtmd_cpp as mtmd
 
@@ -65,7 +63,7 @@ def compare_mmproj(model, tmp: str) -> None:
     size = LLAMA_CPP_LDP_GRID * model.config.vision.patch_size
     if model.config.vision.image_size != size:
         print(f"\nmmproj: the tower takes {model.config.vision.image_size} px; resampled to {size} px for llama.cpp")
-        model.config = dataclasses.replace(model.config, vision=model.vision.resize(size))
+        model.resize_images(size)
     model.save_pretrained(f"{tmp}/at{size}")
     llm_path, mmproj_path = export_gguf(f"{tmp}/at{size}", f"{tmp}/mmproj", "f16")
     llm = llama_cpp.Llama(model_path=str(llm_path), n_ctx=512, verbose=False)

@@ -1,6 +1,7 @@
 """MobileVLM: CLIP vision tower -> projector -> visual tokens spliced into MobileLLaMA's input embeddings."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,12 @@ class MobileVLM(nn.Module):
         from mobilevlm_agent.model.checkpoint import save_pretrained
 
         save_pretrained(self, path, dtype=dtype)
+
+    def resize_images(self, image_size: int) -> None:
+        """Take images of image_size px from now on (the ViT's patch positions resampled; fine-tune afterwards)."""
+        if self.vision is None:
+            raise InputError(f"{self.config.name} is a text-only model: it takes no images")
+        self.config = dataclasses.replace(self.config, vision=self.vision.resize(image_size))
 
     @property
     def device(self) -> torch.device:

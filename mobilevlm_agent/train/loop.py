@@ -44,7 +44,7 @@ def build_model(recipe: Recipe) -> MobileVLM:
         if model.vision is None:
             raise ConfigError(f"image_size {recipe.image_size}: {model.config.name} has no vision tower")
         if recipe.image_size != model.config.vision.image_size:
-            model.config = dataclasses.replace(model.config, vision=model.vision.resize(recipe.image_size))
+            model.resize_images(recipe.image_size)
     if recipe.stage in ("sft", "finetune"):  # the saved model chats in the template it was fine-tuned on
         model.config = dataclasses.replace(model.config, conv_template=recipe.data.template)
     if model.tokenizer is None:

@@ -3,7 +3,6 @@ conventions (interleaved RoPE pairs) that reproduces our logits, which proves th
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ LLAMA_CPP_SIZE = LLAMA_CPP_LDP_GRID * 14  # the only tower size llama.cpp's LDP 
 
 
 def at_size(model, image_size):
-    model.config = dataclasses.replace(model.config, vision=model.vision.resize(image_size))
+    model.resize_images(image_size)
     return model
 
 
