@@ -7,12 +7,14 @@ past and present), so a decode step copies nothing but one token's embedding in 
 from __future__ import annotations
 
 import json
+import os
+import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mobilevlm_agent.errors import CheckpointError, ConfigError
+from mobilevlm_agent.errors import CheckpointError, ConfigError, InputError
 from mobilevlm_agent.export.onnx import MANIFEST
 from mobilevlm_agent.model.checkpoint import safetensors_layout
 from mobilevlm_agent.model.config import MobileVLMConfig
@@ -54,30 +56,50 @@ def shrinking_run_options():
     return options
 
 
-def map_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Read-only memory maps of a safetensors file's tensors (header checked by the checkpoint loader's own parser):
-    an embedding lookup then pages in only the rows it touches (a V2 1.7B int8 table is 66 MB, of which a session
-    reads a few hundred rows). The torch path reads checkpoints without mmap; see open_safetensors for why."""
-    try:
-        layout = safetensors_layout(path)
-        return {name: np.memmap(path, dtype=torch.empty(0, dtype=dtype).numpy().dtype, mode="r", offset=offset, shape=tuple(shape))
-                for name, (dtype, shape, offset, _) in layout.items()}
-    except (CheckpointError, OSError, TypeError, ValueError) as e:  # TypeError: a dtype NumPy lacks (bf16)
-        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
-
-
 class OrtEmbedding:
-    """The token embedding table, looked up in NumPy: ids (torch) -> fp32 embeddings (torch). An int8 table (int
-    exports) has one scale per row."""
+    """The token embedding table, read from its safetensors file a row at a time as tokens are looked up: ids (torch)
+    -> fp32 embeddings (torch). A session holds an open file and, for an int8 table (int exports), its per-row scales.
 
-    def __init__(self, table: np.ndarray, scale: np.ndarray | None = None) -> None:
-        self.weight, self.scale = table, scale
-        self.weight_bytes = table.nbytes + (scale.nbytes if scale is not None else 0)
+    Rows are read with pread, not a memory map: the kernel maps whole page-cache folios around each touched row, so 30
+    looked-up rows of a V2 1.7B table kept 17-44 MB resident (2026-12-05), about 1 MB a row."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            layout = safetensors_layout(path)
+        except (CheckpointError, OSError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+        if "embed_tokens" not in layout or len(layout["embed_tokens"][1]) != 2:
+            raise CheckpointError(f"{path} holds no embed_tokens tensor of shape [vocab, hidden]")
+        dtype, (self.num_rows, self.width), self._offset, nbytes = layout["embed_tokens"]
+        try:
+            self.dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        except TypeError as e:
+            raise CheckpointError(f"{path}: embed_tokens is {dtype}, which NumPy cannot read") from e
+        self._row_bytes = self.width * self.dtype.itemsize
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY)  # kept open: a bench export's directory is deleted once it is loaded
+        weakref.finalize(self, os.close, self._fd)
+        self.scale = None
+        if "embed_scale" in layout:
+            scale_dtype, scale_shape, offset, scale_bytes = layout["embed_scale"]
+            if scale_dtype != torch.float32 or tuple(scale_shape) != (self.num_rows,):
+                raise CheckpointError(f"{path}: embed_scale must be float32 [{self.num_rows}]")
+            self.scale = np.frombuffer(os.pread(self._fd, scale_bytes, offset), np.float32)
+            nbytes += scale_bytes
+        self.weight_bytes = nbytes
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        ids = ids.cpu().numpy()
-        rows = self.weight[ids].astype(np.float32, copy=False)
-        return torch.from_numpy(rows if self.scale is None else rows * self.scale[ids][..., None])
+        flat = ids.cpu().numpy().reshape(-1)
+        if flat.size and (flat.min() < 0 or flat.max() >= self.num_rows):
+            raise InputError(f"token ids must be in 0..{self.num_rows - 1}, got {flat.min()}..{flat.max()}")
+        size = self._row_bytes
+        data = b"".join(os.pread(self._fd, size, self._offset + int(i) * size) for i in flat)
+        if len(data) != flat.size * size:
+            raise CheckpointError(f"{self.path} was truncated after it was opened")
+        rows = np.frombuffer(data, self.dtype).reshape(*ids.shape, self.width).astype(np.float32)
+        if self.scale is not None:
+            rows *= self.scale[flat].reshape(*ids.shape, 1)
+        return torch.from_numpy(rows)
 
 
 class OrtDecoder(CachedPrefix):
@@ -169,11 +191,7 @@ class OrtMobileVLM:
             embeddings = directory / "embed_tokens.safetensors"
             if not embeddings.is_file():
                 raise CheckpointError(f"{directory} lacks embed_tokens.safetensors")
-            tensors = map_safetensors(embeddings)
-            if "embed_tokens" not in tensors:
-                raise CheckpointError(f"{embeddings} holds no embed_tokens tensor")
-            table = OrtEmbedding(tensors["embed_tokens"], tensors.get("embed_scale"))
-            self.llm = OrtDecoder(directory / "decoder.onnx", self.config.llm, table, threads)
+            self.llm = OrtDecoder(directory / "decoder.onnx", self.config.llm, OrtEmbedding(embeddings), threads)
         self.vision_session = make_session(directory / "vision.onnx", threads) if self.config.vision is not None else None
         self._shrink = shrinking_run_options()
         tokenizer = directory / "tokenizer.model"

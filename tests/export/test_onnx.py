@@ -12,10 +12,10 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from mobilevlm_agent.chat import ChatSession  # noqa: E402
-from mobilevlm_agent.errors import CheckpointError, ConfigError  # noqa: E402
+from mobilevlm_agent.errors import CheckpointError, ConfigError, InputError  # noqa: E402
 from mobilevlm_agent.export.onnx import export_model  # noqa: E402
 from mobilevlm_agent.generate import SamplingParams  # noqa: E402
-from mobilevlm_agent.model.ort import OrtMobileVLM, map_safetensors  # noqa: E402
+from mobilevlm_agent.model.ort import OrtEmbedding, OrtMobileVLM  # noqa: E402
 from mobilevlm_agent.model.quant import quantize_model  # noqa: E402
 from mobilevlm_agent.model.random_init import random_model  # noqa: E402
 from mobilevlm_agent.model.vlm import MobileVLM  # noqa: E402
@@ -167,15 +167,33 @@ def test_cli_export_and_ask_on_ort(tmp_path, capsys):
     assert 1 <= len(answer["token_ids"]) <= 5 and answer["timings"]["ttft_ms"] > 0
 
 
-def test_mapped_embedding_table_equals_safetensors_own_read(exports):
+def test_embedding_rows_equal_safetensors_own_read(exports):
     from safetensors.numpy import load_file
 
     for quant in ("none", "int4"):
         path = exports / quant / "embed_tokens.safetensors"
-        mapped, read = map_safetensors(path), load_file(str(path))
-        assert mapped.keys() == read.keys()
-        for name in read:
-            assert mapped[name].dtype == read[name].dtype and np.array_equal(mapped[name], read[name])
+        table, read = OrtEmbedding(path), load_file(str(path))
+        expected = read["embed_tokens"].astype(np.float32)
+        if quant == "int4":  # int8 rows and a scale per row
+            assert "embed_scale" in read and read["embed_tokens"].dtype == np.int8
+            expected *= read["embed_scale"][:, None]
+        assert np.array_equal(table(torch.arange(len(expected))).numpy(), expected)
+        ids = torch.tensor([[len(expected) - 1, 5, 0], [5, 5, 1]])
+        assert np.array_equal(table(ids).numpy(), expected[ids.numpy()])
+        with pytest.raises(InputError, match="token ids must be in"):
+            table(torch.tensor([[1, len(expected)]]))
+
+
+def test_embedding_file_truncated_after_load_is_a_clear_error(tmp_path, exports):
+    path = tmp_path / "embed_tokens.safetensors"
+    path.write_bytes((exports / "int4" / "embed_tokens.safetensors").read_bytes())
+    table = OrtEmbedding(path)
+    before = table(torch.tensor([[0]]))
+    with open(path, "r+b") as f:
+        f.truncate(table._offset + table._row_bytes)  # row 0 survives, row 1 does not
+    assert torch.equal(table(torch.tensor([[0]])), before)
+    with pytest.raises(CheckpointError, match="truncated after it was opened"):
+        table(torch.tensor([[0, 1]]))
 
 
 def test_bad_exports_are_clear_errors(tmp_path, exports, capsys):
@@ -194,7 +212,7 @@ def test_bad_exports_are_clear_errors(tmp_path, exports, capsys):
     for damaged in (table[:-100], table[:8] + b"{not json" + table[17:], b"\xff" * 8 + table[8:]):  # truncated, bad header, bad length
         (broken / "embed_tokens.safetensors").write_bytes(damaged)
         with pytest.raises(CheckpointError, match="not a readable safetensors file"):
-            map_safetensors(broken / "embed_tokens.safetensors")
+            OrtEmbedding(broken / "embed_tokens.safetensors")
     with pytest.raises(ConfigError, match="supports --quant"):
         export_model(random_model("tiny-vlm-v2"), tmp_path / "x", "int3")
     assert main(["ask", "--model", "demo", "--backend", "ort", "--prompt", "hi"]) == 1
