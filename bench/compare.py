@@ -224,7 +224,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in results["llm"] if r.get("decode_tok_s")]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, max(4.5, 0.55 * len(rows) + 1.2)))  # room for two-line labels
     names = [f"{r['runtime']}\n{r.get('weights', '')}" for r in rows]
     axes[0].barh(names, [r["decode_tok_s"] for r in rows], color="tab:blue", label="measured")
     limits = [results["bandwidth_gb_s"] * 1e9 / r["bytes_per_token"] if r.get("bytes_per_token") else 0 for r in rows]
