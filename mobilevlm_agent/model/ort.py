@@ -60,8 +60,8 @@ class OrtEmbedding:
     """The token embedding table, read from its safetensors file a row at a time as tokens are looked up: ids (torch)
     -> fp32 embeddings (torch). A session holds an open file and, for an int8 table (int exports), its per-row scales.
 
-    Rows are read with pread, not a memory map: the kernel maps whole page-cache folios around each touched row, so 30
-    looked-up rows of a V2 1.7B table kept 17-44 MB resident (2026-12-05), about 1 MB a row."""
+    Rows are read with pread, not a memory map: mapped, 30 looked-up rows of a V2 1.7B table kept 17-44 MB of it
+    resident (2026-12-05), the kernel mapping far more than each touched row (whole page-cache folios, most likely)."""
 
     def __init__(self, path: Path) -> None:
         try:
