@@ -1,7 +1,8 @@
 """safety_node: the only publisher of cmd_vel. Grammar actions -> twists through the SafetyGovernor.
 
 Zero velocity unless motion is enabled (dry_run is the default), on e-stop (published at once), and when the
-action or camera stream goes stale. Speed and acceleration are limited.
+action or camera stream goes stale: actions by their arrival, camera frames by their header stamps (so frames that
+arrive late count as old; unstamped frames by arrival). Speed and acceleration are limited.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from mobilevlm_agent.agent.actions import ActionSpeeds, action_to_twist, parse_a
 from mobilevlm_agent.agent.safety import SafetyGovernor, SafetyLimits
 from mobilevlm_agent.agent.types import Twist
 from mobilevlm_agent.errors import InputError
-from ros_nodes.messages import json_message, twist_message
+from ros_nodes.messages import json_message, stamp_seconds, twist_message
 from ros_nodes.node_tools import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, InputCounters, Param, declare_parameters, diagnostics, run
 
 PARAMS = (
@@ -31,7 +32,7 @@ PARAMS = (
     Param("max_linear_accel", 1.0, "acceleration limit, m/s^2"),
     Param("max_angular_accel", 3.0, "yaw acceleration limit, rad/s^2"),
     Param("action_timeout_s", 1.0, "no new action for this long -> zero"),
-    Param("camera_timeout_s", 0.5, "no camera frame for this long -> zero"),
+    Param("camera_timeout_s", 0.5, "no camera frame stamped within this long -> zero"),
     Param("watch_camera", True, "apply the camera watchdog (subscribes to camera/image_raw)"),
     Param("forward_speed", 0.4, "speed commanded by the forward action, m/s"),
     Param("turn_speed", 0.8, "yaw rate commanded by turn_left/turn_right, rad/s"),
@@ -73,7 +74,16 @@ class SafetyNode(Node):
         self.action_time = self.now()
 
     def on_camera(self, msg: Image) -> None:
-        self.camera_time = self.now()
+        now, stamp = self.now(), stamp_seconds(msg.header.stamp)
+        if stamp == 0.0:  # an unstamped driver: arrival is all there is
+            self.camera_time = now
+            return
+        # A frame is as old as its stamp: frames held up in the transport (a peer's death can stall Fast DDS for
+        # ~1 s) must not restart the watchdog when they arrive together.
+        self.camera_time = max(self.camera_time or stamp, min(now, stamp))
+        if now - stamp > self.p.camera_timeout_s:
+            self.counters.reject("late_frame", f"a camera frame arrived {now - stamp:.2f} s after its stamp "
+                                               "(a transport delay, or the camera's clock is behind this node's)")
 
     def on_enable(self, msg: Bool) -> None:
         self.governor.enable(bool(msg.data))
