@@ -78,8 +78,8 @@ class SafetyNode(Node):
         if stamp == 0.0:  # an unstamped driver: arrival is all there is
             self.camera_time = now
             return
-        # A frame is as old as its stamp: frames held up in the transport (a peer's death can stall Fast DDS for
-        # ~1 s) must not restart the watchdog when they arrive together.
+        # A frame is as old as its stamp: frames held up in the transport (our tests saw ~1 s stalls as a peer
+        # died) must not restart the watchdog when they arrive.
         self.camera_time = max(self.camera_time or stamp, min(now, stamp))
         if now - stamp > self.p.camera_timeout_s:
             self.counters.reject("late_frame", f"a camera frame arrived {now - stamp:.2f} s after its stamp "

@@ -46,16 +46,24 @@ def moving(msg: TwistStamped) -> bool:
 def first_zero_stamp(cmds, after: float) -> float:
     """Stamp of the first zero twist the safety node stamped at or after wall time `after`.
 
-    The stamps are the node's own clock readings (system time), so a pause in this test's process, such as
-    Fast DDS's shared-memory health check of a killed peer (up to 1 s), cannot count against the node.
+    The stamps are the node's own clock readings (system time), so a pause in this test's process (CI saw one of
+    about 1 s as a peer was killed) cannot count against the node.
     """
-    return next(stamp_seconds(m.header.stamp) for _, m in cmds if stamp_seconds(m.header.stamp) >= after and not moving(m))
+    zero = next((stamp_seconds(m.header.stamp) for _, m in cmds if stamp_seconds(m.header.stamp) >= after and not moving(m)), None)
+    assert zero is not None, "no zero cmd_vel after that"
+    return zero
 
 
 def largest_delivery_gap(cmds, since: float) -> float:
     """The longest wait, in the test's process, between two received cmd_vel messages after wall time `since`."""
     times = [t for t, m in cmds if stamp_seconds(m.header.stamp) >= since]
     return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+def largest_stamp_gap(cmds, since: float) -> float:
+    """The safety node's own longest silence after `since`: the gap between two consecutive cmd_vel stamps."""
+    stamps = [stamp_seconds(m.header.stamp) for _, m in cmds if stamp_seconds(m.header.stamp) >= since]
+    return max((b - a for a, b in zip(stamps, stamps[1:])), default=0.0)
 
 
 def drive(probe, actions, seconds: float, choices=("forward",), rng=random.Random(0)) -> None:
@@ -103,17 +111,11 @@ def test_estop_zero_within_100ms(spawn, probe, tmp_path):
     assert not any(moving(m) for _, m in cmds if stamp_seconds(m.header.stamp) > first_zero)
 
 
-def largest_stamp_gap(cmds, since: float) -> float:
-    """The safety node's own longest silence after `since`: the gap between two consecutive cmd_vel stamps."""
-    stamps = [stamp_seconds(m.header.stamp) for _, m in cmds if stamp_seconds(m.header.stamp) >= since]
-    return max((b - a for a, b in zip(stamps, stamps[1:])), default=0.0)
-
-
 def assert_stopped_within(cmds, gone: float, watchdog_s: float, what: str) -> None:
     """No motion stamped later than the watchdog (+200 ms) after `gone`, and a zero at or after it.
 
-    The first zero is printed, not asserted: the node itself can fall silent (CI saw a ~1 s stall of Fast DDS as a
-    peer died), and then it publishes nothing, which the base controller's own command timeout has to cover.
+    When the first zero came is printed, not asserted: the node itself can fall silent (our tests saw ~1 s silences
+    right after a peer was killed), and a silent node publishes nothing; the base's own command timeout covers that.
     """
     first_zero = first_zero_stamp(cmds, gone) - gone
     print(f"{what} -> zero: {first_zero * 1000:.0f} ms (watchdog {watchdog_s * 1000:.0f} ms); longest silence of the "
