@@ -54,16 +54,12 @@ def first_zero_stamp(cmds, after: float) -> float:
     return zero
 
 
-def largest_delivery_gap(cmds, since: float) -> float:
-    """The longest wait, in the test's process, between two received cmd_vel messages after wall time `since`."""
-    times = [t for t, m in cmds if stamp_seconds(m.header.stamp) >= since]
-    return max((b - a for a, b in zip(times, times[1:])), default=0.0)
-
-
-def largest_stamp_gap(cmds, since: float) -> float:
-    """The safety node's own longest silence after `since`: the gap between two consecutive cmd_vel stamps."""
-    stamps = [stamp_seconds(m.header.stamp) for _, m in cmds if stamp_seconds(m.header.stamp) >= since]
-    return max((b - a for a, b in zip(stamps, stamps[1:])), default=0.0)
+def longest_silences(cmds, since: float) -> tuple[float, float]:
+    """The longest gap between consecutive cmd_vel messages stamped after wall time `since`: by their stamps (the
+    safety node's own silence) and by when this test's process received them (its silence)."""
+    kept = [(stamp_seconds(m.header.stamp), t) for t, m in cmds if stamp_seconds(m.header.stamp) >= since]
+    longest = lambda xs: max((b - a for a, b in zip(xs, xs[1:])), default=0.0)  # noqa: E731
+    return longest([s for s, _ in kept]), longest([t for _, t in kept])
 
 
 def drive(probe, actions, seconds: float, choices=("forward",), rng=random.Random(0)) -> None:
@@ -118,8 +114,9 @@ def assert_stopped_within(cmds, gone: float, watchdog_s: float, what: str) -> No
     right after a peer was killed), and a silent node publishes nothing; the base's own command timeout covers that.
     """
     first_zero = first_zero_stamp(cmds, gone) - gone
+    node_silence, test_silence = longest_silences(cmds, gone)
     print(f"{what} -> zero: {first_zero * 1000:.0f} ms (watchdog {watchdog_s * 1000:.0f} ms); longest silence of the "
-          f"node {largest_stamp_gap(cmds, gone) * 1000:.0f} ms, of this test's receiving {largest_delivery_gap(cmds, gone) * 1000:.0f} ms")
+          f"node {node_silence * 1000:.0f} ms, of this test's receiving {test_silence * 1000:.0f} ms")
     late = [stamp_seconds(m.header.stamp) - gone for _, m in cmds if moving(m) and stamp_seconds(m.header.stamp) > gone + watchdog_s + 0.2]
     assert not late, f"moving {late[0] * 1000:.0f} ms after {what}; the watchdog is {watchdog_s * 1000:.0f} ms"
 
